@@ -1,0 +1,1 @@
+"""Exact, invertible layout transforms and the target registry (see docs/DESIGN.md)."""
