@@ -83,6 +83,12 @@ class Routing:
     routed_scaling_factor: float = 1.0
     router_weight: str | None = None       # source tensor name of the router weight
     router_bias: str | None = None         # gpt-oss router bias / DeepSeek e_score_correction_bias
+    # router_weight / router_bias are templates with a `{layer}` field: see `router_names`.
+
+    def router_names(self, layer: int) -> tuple[str | None, str | None]:
+        """(router weight, router bias) source tensor names of MoE layer `layer`."""
+        fill = lambda t: t.format(layer=layer) if t is not None else None  # noqa: E731
+        return fill(self.router_weight), fill(self.router_bias)
 
 
 @dataclass(frozen=True)
