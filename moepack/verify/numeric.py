@@ -1,0 +1,186 @@
+"""The numeric check: each MoE layer run through the stored rank layout against a float64 reference
+computed straight from the source checkpoint.
+
+Rank path (what a server would compute): for each rank, each stored part -> `Chain.invert_local`
+-> `LocalExperts` -> `moe_reference` (float32), with global expert ids mapped to the rank's local ids
+(experts a rank does not own contribute nothing) and the w2 bias added by tp_rank 0 only; the partial
+outputs are summed over ranks (what an all-reduce gives).
+
+Source path (independent of every layout): the canonical tensors assembled from the source tensors the
+manifest names, dequantized in float64 with moepack.numerics, gate/up split by the SOURCE arrangement,
+activation applied, weighted sum over the top-k.
+
+Tokens are random normal `[T, H]`; routing is random: k distinct experts per token, weights a softmax
+of random logits. Only the experts the tokens use are dequantized.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..formats.model import Activation
+from ..kernels.reference import LocalExperts, moe_reference
+from ..numerics import FP8_BLOCK, dequant_fp8_block, dequant_mxfp4
+from .report import FAIL, OK, SKIP, Row
+from .source_checks import load_chain
+from .tensors import canonical_from_source, read_stored
+
+# Largest relative error ||rank path - reference||_F / ||reference||_F accepted per quant scheme.
+# Both paths decode the same codes: an FP4 value times an e8m0 power of two is exact in float32, an FP8
+# value times a float32 scale rounds once (2^-24). What remains is float32 accumulation over H and Ip
+# (~sqrt(K) * 2^-24 < 1e-5 for K <= 16k). A layout error (swapped experts, shuffled rows, a zeroed
+# rank) gives errors of order 1, so these margins separate the two cleanly.
+TOLERANCES = {
+    "mxfp4": 1e-4,       # exact weight decode in float32; float32 accumulation only
+    "fp8_block": 2e-4,   # + one float32 rounding per dequantized weight (q * block scale)
+    "fp8_tensor": 2e-4,  # + one float32 rounding per dequantized weight (q * tensor scale)
+}
+
+_LOCAL_FIELD = {
+    "w13_weight": "w13", "w13_weight_scale": "w13_scale", "w2_weight": "w2", "w2_weight_scale": "w2_scale",
+    "w13_bias": "w13_bias", "w2_bias": "w2_bias", "w13_input_scale": "w13_input_scale",
+    "w2_input_scale": "w2_input_scale",
+}
+
+
+def random_routing(tokens: int, hidden: int, num_experts: int, top_k: int, seed: int = 0):
+    """-> (x [T, H] float32, topk_weights [T, k] float32, topk_ids [T, k] int32 distinct per token)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=g)
+    ids = torch.rand(tokens, num_experts, generator=g).argsort(dim=-1)[:, :top_k].to(torch.int32)
+    weights = torch.softmax(torch.randn(tokens, top_k, generator=g), dim=-1)
+    return x, weights, ids
+
+
+def _activation(model: dict) -> Activation:
+    a = model["activation"]
+    return Activation(kind=a["kind"], alpha=a.get("alpha"), limit=a.get("limit"))
+
+
+# ----------------------------------------------------------------------------- float64 source reference
+def _split_gate_up(h: torch.Tensor, arrangement: str) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """h [T, R] in the source row arrangement -> (gate [T, I] or None, up [T, I])."""
+    if arrangement == "interleaved":
+        return h[:, 0::2], h[:, 1::2]
+    if arrangement == "separate":
+        half = h.shape[1] // 2
+        return h[:, :half], h[:, half:]
+    return None, h
+
+
+def _act64(gate: torch.Tensor | None, up: torch.Tensor, act: Activation) -> torch.Tensor:
+    """The expert activation, written out from `Activation`'s definition (float64)."""
+    if act.kind == "relu2":
+        return up.clamp(min=0.0).square()
+    if act.limit is not None:
+        gate = torch.minimum(gate, torch.tensor(act.limit, dtype=gate.dtype))
+        up = torch.maximum(torch.minimum(up, torch.tensor(act.limit, dtype=up.dtype)),
+                           torch.tensor(-act.limit, dtype=up.dtype))
+    if act.kind == "swiglu_oai":
+        alpha = 1.0 if act.alpha is None else act.alpha
+        return gate / (1.0 + torch.exp(-alpha * gate)) * (up + 1.0)
+    if act.kind == "silu":
+        return gate / (1.0 + torch.exp(-gate)) * up
+    raise ValueError(f"unknown activation {act.kind!r}")
+
+
+def _dequant_rows_halves(w: torch.Tensor, s: torch.Tensor, halves: int) -> torch.Tensor:
+    """fp8 block weight [R, K] whose rows are `halves` equal blocks, each with its own scale blocks."""
+    rows = w.shape[0] // halves
+    nb = s.shape[0] // halves
+    return torch.cat([dequant_fp8_block(w[i * rows:(i + 1) * rows], s[i * nb:(i + 1) * nb], dtype=torch.float64)
+                      for i in range(halves)])
+
+
+def dequant_source_expert(quant: str, w: torch.Tensor, s: torch.Tensor, halves: int) -> torch.Tensor:
+    """One expert's canonical weight [N, K(/2)] and scale -> float64 [N, K].
+
+    `halves` is 2 for a gated w13 (gate rows, then up rows, each with their own fp8 scales), else 1."""
+    if quant == "mxfp4":
+        return dequant_mxfp4(w, s, torch.float64)
+    if quant == "fp8_block":
+        return _dequant_rows_halves(w, s, halves)
+    if quant == "fp8_tensor":
+        rows = w.shape[0] // s.numel()
+        return w.to(torch.float64) * s.to(torch.float64).repeat_interleave(rows)[:, None]
+    raise ValueError(f"unknown quant scheme {quant!r}")
+
+
+def source_reference(read_source, entries: dict[str, dict], model: dict, x: torch.Tensor,
+                     weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """float64 [T, H] output of the layer whose manifest entries (role -> entry) are `entries`."""
+    quant, arrangement = model["quant"], model["arrangement"]
+    act = _activation(model)
+    canon = {role: canonical_from_source(read_source, e) for role, e in entries.items()}
+    halves = 2 if arrangement != "up_only" else 1
+    if quant == "fp8_block" and arrangement == "interleaved":
+        raise ValueError("fp8_block with interleaved gate/up rows has no defined block scales")
+    x64 = x.to(torch.float64)
+    out = torch.zeros(x.shape[0], canon["w2_weight"].shape[1], dtype=torch.float64)
+    for e in torch.unique(ids).tolist():
+        w13 = dequant_source_expert(quant, canon["w13_weight"][e], canon["w13_weight_scale"][e], halves)
+        w2 = dequant_source_expert(quant, canon["w2_weight"][e], canon["w2_weight_scale"][e], 1)
+        tok, slot = torch.nonzero(ids == e, as_tuple=True)
+        h = x64[tok] @ w13.T
+        if "w13_bias" in canon:
+            h = h + canon["w13_bias"][e].to(torch.float64)
+        y = _act64(*_split_gate_up(h, arrangement), act) @ w2.T
+        if "w2_bias" in canon:
+            y = y + canon["w2_bias"][e].to(torch.float64)
+        out.index_add_(0, tok, y * weights[tok, slot].to(torch.float64)[:, None])
+    return out
+
+
+# ----------------------------------------------------------------------------- rank path
+def rank_output(manifest_data: dict, rank: int, entries: dict[str, dict], paths: dict[str, Path],
+                x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """float32 [T, H]: this rank's partial output read from its stored parts through `invert_local`."""
+    model = manifest_data["model"]
+    info = manifest_data["parallel"]["ranks"][rank]
+    owned = info["experts"]
+    position = {g: i for i, g in enumerate(owned)}
+    used = [g for g in torch.unique(ids).tolist() if g in position]
+    local_ids = torch.full_like(ids, -1)
+    for j, g in enumerate(used):
+        local_ids[ids == g] = j
+    index = torch.tensor([position[g] for g in used], dtype=torch.long)
+    fields = {}
+    for role, e in entries.items():
+        rec = e["ranks"][rank]
+        logical = load_chain(e["chain"]).invert_local(read_stored(paths[rec["file"]], e["name"]))
+        fields[_LOCAL_FIELD[role]] = logical.index_select(0, index)
+    local = LocalExperts(quant=model["quant"], activation=_activation(model),
+                         gated=model["arrangement"] != "up_only", **fields)
+    return moe_reference(x, weights, local_ids, local, add_w2_bias=info["tp_rank"] == 0)
+
+
+def check_layer(manifest_data: dict, layer: int, entries: dict[str, dict], paths: dict[str, Path], read_source,
+                tokens: int = 8, seed: int = 0) -> Row:
+    """One `numeric` row for MoE layer `layer`."""
+    subject = f"model.layers.{layer}.mlp.experts"
+    model = manifest_data["model"]
+    quant = model["quant"]
+    missing = [r["file"] for e in entries.values() for r in e["ranks"] if r["file"] not in paths]
+    if missing:
+        return Row(subject, "numeric", SKIP, f"{missing[0]} failed an earlier check")
+    if read_source is None:
+        return Row(subject, "numeric", SKIP, "needs the source checkpoint (--source)")
+    hidden = entries["w2_weight"]["logical_shape"][1]
+    x, weights, ids = random_routing(tokens, hidden, model["num_experts"], model["top_k"], seed + layer)
+    try:
+        ref = source_reference(read_source, entries, model, x, weights, ids)
+        got = sum(rank_output(manifest_data, r, entries, paths, x, weights, ids)
+                  for r in range(manifest_data["parallel"]["world_size"]))
+    except Exception as e:  # a wrong layout can break shapes anywhere in the kernel path
+        return Row(subject, "numeric", FAIL, f"cannot run the layer through the rank layout: "
+                                             f"{e.__class__.__name__}: {e}")
+    diff = got.to(torch.float64) - ref
+    max_abs = float(diff.abs().max())
+    rel = float(diff.norm() / ref.norm().clamp(min=1e-30))
+    tol = TOLERANCES[quant]
+    detail = (f"max abs err {max_abs:.3g}, rel err {rel:.3g} (tol {tol:g}, {quant}); {tokens} tokens, "
+              f"top-{model['top_k']}, {manifest_data['parallel']['world_size']} ranks summed")
+    if not rel <= tol:          # NaN fails too
+        return Row(subject, "numeric", FAIL, detail)
+    return Row(subject, "numeric", OK, detail)

@@ -1,0 +1,114 @@
+"""`verify(out, source=None, level="full")`: run the checks of a level and collect them into a `Report`.
+
+| level   | checks                                                                                      |
+| ------- | ------------------------------------------------------------------------------------------- |
+| quick   | manifest (schema, version, consistency); file (present, inside OUT), size; header, dtype, shape |
+| full    | quick + file-sha256, tensor-sha256; padding (re-applied chain); with source: source-file,  |
+|         | reconstruct (inverted chains reproduce every source tensor bit-exactly, rank at fault named)  |
+| numeric | full + numeric (each MoE layer through the rank layout vs a float64 source reference)         |
+
+Bad input (no/invalid manifest, a file name that could leave OUT, an unreadable source) raises the
+`BadInputError` subclasses (exit 2). A failed check never raises: it is a FAIL row, `report.ok` is False
+and `report.exit_code` is 3 (`report.raise_for_failure()` raises `VerificationError`).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from ..convert.manifest import Manifest
+from ..errors import BadInputError
+from .checks import StoredTensor, check_files, check_hashes, check_tensor_headers, read_headers, stored_tensors
+from .numeric import check_layer
+from .report import OK, Report, Row
+from .source_checks import check_entry, check_source_files
+
+LEVELS = ("quick", "full", "numeric")
+
+
+def verify(out, source=None, level: str = "full", progress: bool = True, tokens: int = 8, seed: int = 0) -> Report:
+    """Verify the converted folder `out` at `level`; `source` (folder or Hub id) enables the source checks."""
+    if level not in LEVELS:
+        raise BadInputError(f"--level {level!r}: expected one of {', '.join(LEVELS)}")
+    out = Path(out)
+    manifest = Manifest.load(out)          # schema, version, safe file names; ManifestError (exit 2) otherwise
+    ckpt = _open_source(source) if source is not None and level != "quick" else None
+    report = Report(out=str(out), level=level, source=None if source is None else str(source))
+    report.extend([Row("manifest.json", "manifest", OK,
+                       f"schema {manifest['moepack_manifest']}, {manifest['target']['backend']}/"
+                       f"{manifest['target']['hardware']} {manifest['model']['quant']}, "
+                       f"tp {manifest['parallel']['tp']} ep {manifest['parallel']['ep']}")])
+
+    tensors = stored_tensors(manifest)
+    rows, present = check_files(out, manifest)
+    report.extend(rows)
+    sized = {n: p for n, p in present.items() if n not in _failed_files(rows)}
+    rows, headers = read_headers(sized, tensors)
+    report.extend(rows)
+    rows = check_tensor_headers(tensors, headers, set(sized))
+    report.extend(rows)
+    if level == "quick":
+        return report
+
+    with _Progress(progress, manifest, ckpt) as bar:
+        report.extend(check_hashes(manifest, present, tensors, headers, on_bytes=bar.update))
+        if ckpt is not None:
+            report.extend(check_source_files(manifest, Path(ckpt.root), on_bytes=bar.update))
+    readable = _readable_files(sized, tensors, report.rows)
+    read_source = ckpt.get if ckpt is not None else None
+    for entry in manifest["experts"]:
+        report.extend(check_entry(entry, readable, read_source))
+    if level == "numeric":
+        for layer, entries in _layers(manifest).items():
+            report.extend([check_layer(manifest.data, layer, entries, readable, read_source, tokens, seed)])
+    return report
+
+
+def _open_source(source):
+    from ..source.checkpoint import Checkpoint
+
+    return Checkpoint.open(source)
+
+
+def _failed_files(rows: list[Row]) -> set[str]:
+    return {r.subject for r in rows if r.result != OK and r.check in ("file", "size")}
+
+
+def _readable_files(sized: dict[str, Path], tensors: list[StoredTensor], rows: list[Row]) -> dict[str, Path]:
+    """Files whose size, header and listed tensors' header/dtype/shape checks all passed: safe to `safe_open`."""
+    bad = {(r.subject, r.rank) for r in rows if r.result != OK and r.check in ("header", "dtype", "shape")}
+    bad_files = {t.file for t in tensors if (t.name, t.rank) in bad}
+    bad_files |= {r.subject for r in rows if r.result != OK and r.check == "header" and r.subject in sized}
+    return {n: p for n, p in sized.items() if n not in bad_files}
+
+
+def _layers(manifest: Manifest) -> dict[int, dict[str, dict]]:
+    layers: dict[int, dict[str, dict]] = defaultdict(dict)
+    for e in manifest["experts"]:
+        layers[e["layer"]][e["role"]] = e
+    return dict(sorted(layers.items()))
+
+
+class _Progress:
+    """A tqdm bar over the bytes hashed (OUT, then the source files), on stderr; a no-op when disabled."""
+
+    def __init__(self, enabled: bool, manifest: Manifest, ckpt) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            total = sum(r["size"] for r in manifest["files"].values())
+            if ckpt is not None:
+                total += sum(r["size"] for r in manifest["source"]["files"])
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="verify: sha256", leave=False)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
