@@ -75,6 +75,13 @@ class Transform(Step):
     def invert(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def canonicalize(self, x: torch.Tensor) -> torch.Tensor:
+        """What of x survives `invert(apply(x))`, bit for bit: x itself for every lossless step.
+
+        A step that drops information (only `e4m3fn_to_e4m3fnuz`: -0 becomes +0) overrides this with an
+        elementwise map, so it may be applied to a whole unpartitioned tensor (`Chain.canonicalize`)."""
+        return x
+
 
 @dataclass(frozen=True)
 class Partition(Step):
@@ -161,6 +168,14 @@ class Chain:
         for s in self.local_steps:
             y = s.apply(y)
         return y
+
+    def canonicalize(self, x: torch.Tensor) -> torch.Tensor:
+        """x as `invert(apply(x))` returns it: identical to x unless a step is lossy (fnuz -0 -> +0).
+        Compare a source tensor with a rebuilt one through this."""
+        for s in self.steps:
+            if isinstance(s, Transform):
+                x = s.canonicalize(x)
+        return x
 
     def to_json(self) -> list[dict]:
         return [s.to_json() for s in self.steps]
