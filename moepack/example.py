@@ -15,7 +15,7 @@ import json
 import os
 import struct
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 from typing import Callable, Iterator
@@ -423,7 +423,8 @@ def example_dims(name: str, size: str = "tiny") -> Dims:
 
 def example_specs(name: str, size: str = "tiny") -> tuple[dict, list[list[TensorSpec]]]:
     """(config, tensors per file) of an example, without writing anything."""
-    return _BUILDERS[name](example_dims(name, size))
+    dims = example_dims(name, size)
+    return _BUILDERS[name](dims)
 
 
 def write_example(name: str, out: str | os.PathLike, size: str = "tiny", seed: int = 0) -> Path:

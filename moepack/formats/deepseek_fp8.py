@@ -16,7 +16,7 @@ from ..numerics import FP8_BLOCK
 from ..source.checkpoint import Checkpoint
 from .model import Activation, CanonicalTensor, ModelDescription, MoELayerSpec, Routing
 from .tensor_checks import (canonical, cfg, cfg_int, check_experts, check_layers, expect, expert_ids, expert_piece,
-                            layer_indices, passthrough, piece_names)
+                            layer_indices, passthrough, piece_names, sigmoid_noaux_routing)
 
 DEEPSEEK_FAMILY = "deepseek-v3-fp8"
 QWEN3_FAMILY = "qwen3-moe-fp8"
@@ -118,10 +118,6 @@ def describe(ckpt: Checkpoint) -> ModelDescription:
         scoring = cfg(c, "scoring_func", default="sigmoid")
         if scoring != "sigmoid":
             raise FormatError(f"config.json: scoring_func {scoring!r} is not supported for {family} (only 'sigmoid')")
-        routing = Routing("sigmoid_noaux", top_k,
-                          norm_topk_prob=bool(cfg(c, "norm_topk_prob", default=False, required=False)),
-                          n_group=cfg_int(c, "n_group", default=1), topk_group=cfg_int(c, "topk_group", default=1),
-                          routed_scaling_factor=float(cfg(c, "routed_scaling_factor", default=1.0)),
-                          router_weight=router, router_bias="model.layers.{layer}.mlp.gate.e_score_correction_bias")
+        routing = sigmoid_noaux_routing(c, top_k, router, "model.layers.{layer}.mlp.gate.e_score_correction_bias")
     return ModelDescription(family, "fp8_block", L, tuple(specs), routing,
                             passthrough(ckpt, piece_names(specs)), dict(c))

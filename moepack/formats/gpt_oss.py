@@ -23,10 +23,6 @@ _SCALE_DTYPES = ("U8", "F8_E8M0")
 _BIAS_DTYPES = ("BF16", "F16", "F32")
 
 
-def claims(ckpt: Checkpoint) -> bool:
-    qc = ckpt.config.get("quantization_config") or {}
-    return qc.get("quant_method") == "mxfp4"
-
 
 def describe(ckpt: Checkpoint) -> ModelDescription:
     c = ckpt.config

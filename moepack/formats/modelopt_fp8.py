@@ -11,18 +11,14 @@ from __future__ import annotations
 
 from ..errors import FormatError
 from ..source.checkpoint import Checkpoint
-from .model import Activation, ModelDescription, MoELayerSpec, Routing
+from .model import Activation, ModelDescription, MoELayerSpec
 from .tensor_checks import (canonical, cfg, cfg_int, check_experts, check_layers, expect, expert_ids, expert_piece,
-                            layer_indices, passthrough, piece_names)
+                            layer_indices, passthrough, piece_names, sigmoid_noaux_routing)
 
 FAMILY = "modelopt-fp8"
 _LAYER = r"^backbone\.layers\.(?P<layer>\d+)\.mixer\.experts\.\d+\.up_proj\.weight$"
 _SCALAR_SHAPES = ((), (1,))
 
-
-def claims(ckpt: Checkpoint) -> bool:
-    qc = ckpt.config.get("quantization_config") or {}
-    return qc.get("quant_method") == "modelopt"
 
 
 def _scalar(ckpt: Checkpoint, name: str):
@@ -90,10 +86,7 @@ def describe(ckpt: Checkpoint) -> ModelDescription:
         expect(ckpt, f"{router}.weight", ("F32", "BF16", "F16"), (E, H), "router: experts x hidden")
         expect(ckpt, f"{router}.e_score_correction_bias", ("F32", "BF16"), (E,))
         specs.append(MoELayerSpec(l, E, H, I, "fp8_tensor", "up_only", Activation("relu2"), False, tensors))
-    routing = Routing("sigmoid_noaux", top_k, norm_topk_prob=bool(cfg(c, "norm_topk_prob", default=False, required=False)),
-                      n_group=cfg_int(c, "n_group", default=1), topk_group=cfg_int(c, "topk_group", default=1),
-                      routed_scaling_factor=float(cfg(c, "routed_scaling_factor", default=1.0)),
-                      router_weight="backbone.layers.{layer}.mixer.gate.weight",
-                      router_bias="backbone.layers.{layer}.mixer.gate.e_score_correction_bias")
+    routing = sigmoid_noaux_routing(c, top_k, "backbone.layers.{layer}.mixer.gate.weight",
+                                    "backbone.layers.{layer}.mixer.gate.e_score_correction_bias")
     return ModelDescription(FAMILY, "fp8_tensor", L, tuple(specs), routing,
                             passthrough(ckpt, piece_names(specs)), dict(c))

@@ -13,9 +13,9 @@ from __future__ import annotations
 from ..errors import FormatError
 from ..numerics import MX_BLOCK
 from ..source.checkpoint import Checkpoint, TensorInfo
-from .model import Activation, ModelDescription, MoELayerSpec, Routing
+from .model import Activation, ModelDescription, MoELayerSpec
 from .tensor_checks import (canonical, cfg, cfg_int, check_experts, check_layers, expect, expert_ids, expert_piece,
-                            layer_indices, passthrough, piece_names)
+                            layer_indices, passthrough, piece_names, sigmoid_noaux_routing)
 
 FAMILY = "deepseek-v4-mxfp4"
 QUANT_METHOD = "deepseek_v4_fp8"
@@ -23,10 +23,6 @@ _LAYER = r"^layers\.(?P<layer>\d+)\.ffn\.experts\.\d+\.w1\.weight$"
 _WEIGHT_DTYPES = ("U8", "I8", "F4")
 _SCALE_DTYPES = ("F8_E8M0", "U8")
 
-
-def claims(ckpt: Checkpoint) -> bool:
-    qc = ckpt.config.get("quantization_config") or {}
-    return qc.get("quant_method") == QUANT_METHOD
 
 
 def _packed(ckpt: Checkpoint, name: str, rows: int, k: int) -> TensorInfo:
@@ -89,8 +85,5 @@ def describe(ckpt: Checkpoint) -> ModelDescription:
         expect(ckpt, f"layers.{l}.ffn.gate.bias", ("F32", "BF16"), (E,))
         act = Activation("silu", limit=float(limit) if limit is not None else None)
         specs.append(MoELayerSpec(l, E, H, I, "mxfp4", "separate", act, False, tensors))
-    routing = Routing("sigmoid_noaux", top_k, norm_topk_prob=bool(cfg(c, "norm_topk_prob", default=False, required=False)),
-                      n_group=cfg_int(c, "n_group", default=1), topk_group=cfg_int(c, "topk_group", default=1),
-                      routed_scaling_factor=float(cfg(c, "routed_scaling_factor", default=1.0)),
-                      router_weight="layers.{layer}.ffn.gate.weight", router_bias="layers.{layer}.ffn.gate.bias")
+    routing = sigmoid_noaux_routing(c, top_k, "layers.{layer}.ffn.gate.weight", "layers.{layer}.ffn.gate.bias")
     return ModelDescription(FAMILY, "mxfp4", L, tuple(specs), routing, passthrough(ckpt, piece_names(specs)), dict(c))

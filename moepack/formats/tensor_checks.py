@@ -8,7 +8,7 @@ from typing import Iterable
 
 from ..errors import FormatError
 from ..source.checkpoint import Checkpoint, TensorInfo
-from .model import CanonicalTensor, SourcePiece
+from .model import CanonicalTensor, Routing, SourcePiece
 
 
 def cfg(config: dict, *keys: str, default=None, required: bool = True):
@@ -104,3 +104,12 @@ def passthrough(ckpt: Checkpoint, expert_names: set[str]) -> tuple[str, ...]:
 
 def piece_names(layers) -> set[str]:
     return {p.name for spec in layers for ct in spec.tensors.values() for p in ct.pieces}
+
+
+def sigmoid_noaux_routing(config: dict, top_k: int, router_weight: str, router_bias: str) -> Routing:
+    """DeepSeek-style routing constants from config.json (n_group, topk_group, norm_topk_prob, scaling)."""
+    return Routing("sigmoid_noaux", top_k,
+                   norm_topk_prob=bool(cfg(config, "norm_topk_prob", default=False, required=False)),
+                   n_group=cfg_int(config, "n_group", default=1), topk_group=cfg_int(config, "topk_group", default=1),
+                   routed_scaling_factor=float(cfg(config, "routed_scaling_factor", default=1.0)),
+                   router_weight=router_weight, router_bias=router_bias)
