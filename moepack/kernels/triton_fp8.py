@@ -1,0 +1,68 @@
+"""FP8 (e4m3fn) weight tiles for the Triton fused MoE, with the activations quantized in the kernel.
+
+- fp8_block (DeepSeek-V3, Qwen3): weight scales per 128x128 block; the activation tile of a K-step
+  (BK = 128 = one group) is quantized per row on the fly: s = max(|a|, 1e-10) / 448, q = rne(a / s),
+  exactly what a separate per-token-group quantization pass would write, so no extra pass and no extra
+  bytes. acc += dot(q_a, q_w^T) * s_a[:, None] * s_w[None, :].
+- fp8_tensor (ModelOpt): one static input scale per expert; q = rne(clamp(a / s_in, +-448)); the weight
+  and input scalars are applied once in the epilogue.
+Weights are stored [E, N, K] K-contiguous (the Triton layout only interleaves w13's gate/up rows),
+which is the K-major operand order FP8 wgmma wants.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+FP8_MAX: tl.constexpr = 448.0
+
+
+@triton.jit
+def to_e4m3(v, SOFT_RNE: tl.constexpr):
+    """float32 (already within +-448) -> float8e4nv, round to nearest even.
+
+    SOFT_RNE rounds the float32 bits to 3 mantissa bits first (exact for e4m3 normals): the CPU
+    interpreter of triton 3.9 gets the carry into the next binade wrong (7.86 -> 4.0), the GPU's
+    cvt instruction does not, so only interpreter runs set it."""
+    if SOFT_RNE:
+        bits = v.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576
+        v = bits.to(tl.float32, bitcast=True)
+    return v.to(tl.float8e4nv)
+
+
+@triton.jit
+def _quant_rows(a, SOFT_RNE: tl.constexpr):
+    """a [BM, BK] float -> (q [BM, BK] float8e4nv, s [BM] float32), one scale per row."""
+    amax = tl.max(tl.abs(a.to(tl.float32)), axis=1)
+    s = tl.maximum(amax, 1e-10) / FP8_MAX
+    q = to_e4m3(a.to(tl.float32) / s[:, None], SOFT_RNE)
+    return q, s
+
+
+@triton.jit
+def fp8_block_step(acc, a_base, a_mask_m, w_base, ws_rows, stride_wsk, offs_n, mask_n, k0, K,
+                   BK: tl.constexpr, SOFT_RNE: tl.constexpr):
+    """acc [BM, BN] += dequant(quant(A[:, k0:k0+128])) @ dequant(W[offs_n, k0:k0+128]).T.
+
+    ws_rows: [BN] pointers to each weight row's scale row (column block 0); stride_wsk per 128 of K."""
+    offs_k = k0 + tl.arange(0, BK)
+    mk = offs_k < K
+    a = tl.load(a_base + offs_k[None, :], mask=a_mask_m & mk[None, :], other=0.0)
+    w = tl.load(w_base + offs_k[None, :], mask=mask_n[:, None] & mk[None, :], other=0.0)
+    ws = tl.load(ws_rows + (k0 // 128) * stride_wsk, mask=mask_n, other=0.0)
+    qa, sa = _quant_rows(a, SOFT_RNE)
+    part = tl.dot(qa, tl.trans(w))
+    return acc + part * sa[:, None] * ws[None, :]
+
+
+@triton.jit
+def fp8_tensor_step(acc, a_base, a_mask_m, w_base, inv_in_scale, offs_n, mask_n, k0, K, BK: tl.constexpr,
+                    SOFT_RNE: tl.constexpr):
+    """acc [BM, BN] += quant(A[:, k0:k0+BK] / s_in) @ W[offs_n, k0:k0+BK].T (scalars applied by the caller)."""
+    offs_k = k0 + tl.arange(0, BK)
+    mk = offs_k < K
+    a = tl.load(a_base + offs_k[None, :], mask=a_mask_m & mk[None, :], other=0.0)
+    w = tl.load(w_base + offs_k[None, :], mask=mask_n[:, None] & mk[None, :], other=0.0)
+    qa = to_e4m3(tl.minimum(tl.maximum(a.to(tl.float32) * inv_in_scale, -FP8_MAX), FP8_MAX), SOFT_RNE)
+    return tl.dot(qa, tl.trans(w), acc)

@@ -1,0 +1,249 @@
+"""Triton fused MoE over the moepack Triton layout: `fused_moe(x, topk_weights, topk_ids, stored, meta)`.
+
+Launches (all static shapes, CUDA-graph safe):
+  [sort: memset + 2 small kernels (align.py); skipped on the per-pair decode path]
+  1. gemm1: inter[p] = act(x[p // k] @ w13[e].T + b13[e])      (MXFP4 / FP8 weights, act + bias fused)
+  2. gemm2: y[p]     = w[p] * (inter[p] @ w2[e].T + b2[e])     (routed weight + bias fused)
+  3. combine: out[t] = sum_j y[t*k + j] over slots whose expert is on this rank, in x.dtype
+One kernel body `_moe_gemm` serves both GEMMs and every format; its constexprs pick the weight tile
+loader (triton_mxfp4.py, triton_fp8.py) and the epilogue.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..layouts.triton import mxfp4_k_chunk
+from . import configs
+from .align import max_blocks, moe_align
+from .triton_fp8 import fp8_block_step, fp8_tensor_step
+from .triton_mxfp4 import mxfp4_step
+
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+FMT = {"mxfp4": 0, "fp8_block": 1, "fp8_tensor": 2}
+ACT = {"swiglu_oai": 0, "silu": 1, "relu2": 2}
+
+
+@dataclass(frozen=True)
+class MoEMeta:
+    """What the kernels need besides the tensors. `activation` is a moepack.formats.model.Activation."""
+
+    quant: str
+    activation: object
+    gated: bool
+    E_l: int
+    H: int
+    Ip: int
+    add_w2_bias: bool = True
+
+
+@triton.jit
+def _activate(acc, ACT_KIND: tl.constexpr, GATED: tl.constexpr, alpha, limit, HAS_LIMIT: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr):
+    """acc [BM, BN] (gated: columns (gate_j, up_j) interleaved) -> [BM, BN/2] (gated) or [BM, BN]."""
+    if GATED:
+        gate, up = tl.split(tl.reshape(acc, [BM, BN // 2, 2]))
+        if HAS_LIMIT:
+            gate = tl.minimum(gate, limit)
+            up = tl.minimum(tl.maximum(up, -limit), limit)
+        if ACT_KIND == 0:
+            return gate * tl.sigmoid(alpha * gate) * (up + 1.0)
+        else:
+            return gate * tl.sigmoid(gate) * up
+    else:
+        r = tl.maximum(acc, 0.0)
+        return r * r
+
+
+@triton.jit
+def _moe_gemm(
+    A, stride_am, W, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+    BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, TOPK_W,
+    SORTED, EXPERT_IDS, NUM_BLOCKS, TOPK_IDS,
+    P, N, K, n_scale_blocks, alpha, limit,
+    TOPK: tl.constexpr, FMT: tl.constexpr, STAGE: tl.constexpr, ACT_KIND: tl.constexpr, GATED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_LIMIT: tl.constexpr, PER_PAIR: tl.constexpr, CH: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SOFT_RNE: tl.constexpr,
+):
+    """One [BM, BN] output tile of one GEMM stage for one expert block.
+
+    STAGE 1: A = x [T, K], rows p // TOPK; W = w13 [E, N, .]; OUT = inter [P, N/2 or N].
+    STAGE 2: A = inter [P, K], rows p; W = w2 [E, N, .]; OUT = y [P, N], scaled by TOPK_W[p].
+    WS strides: (expert, s1, s2) of the scale tensor as stored. SCAL: fp8_tensor scalars [E, 4] =
+    (weight scale gate/only, weight scale up, input scale, 1 / input scale)."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BN)
+    if PER_PAIR:
+        pid_m = pid // num_n
+        pid_n = pid % num_n
+        e = tl.load(TOPK_IDS + pid_m)
+        if e < 0:
+            return
+        rows = pid_m + tl.zeros([BM], dtype=tl.int32)
+        mask_m = tl.arange(0, BM) == 0
+    else:
+        num_m = tl.load(NUM_BLOCKS)
+        # grouped order: GROUP_M consecutive blocks share the weight tiles they read
+        width = GROUP_M * num_n
+        group = pid // width
+        first_m = group * GROUP_M
+        gsize = tl.minimum(num_m - first_m, GROUP_M)
+        if gsize <= 0:
+            return
+        pid_m = first_m + (pid % width) % gsize
+        pid_n = (pid % width) // gsize
+        if pid_n >= num_n:
+            return
+        e = tl.load(EXPERT_IDS + pid_m)
+        rows = tl.load(SORTED + pid_m * BM + tl.arange(0, BM))
+        mask_m = rows < P
+    e = e.to(tl.int64)
+    if STAGE == 1:
+        a_rows = rows // TOPK
+    else:
+        a_rows = rows
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    mask_n = offs_n < N
+    a_base = A + a_rows.to(tl.int64)[:, None] * stride_am
+    a_mask = mask_m[:, None]
+    w_base = W + e * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    if FMT == 0:
+        s_base = WS + e * stride_se + offs_n[None, :] * stride_s2
+        for k0 in range(0, K, BK):
+            acc = mxfp4_step(acc, a_base, a_mask, w_base, s_base, stride_s1, offs_n, mask_n, k0, K, BN, BK, CH)
+    elif FMT == 1:
+        if STAGE == 1 and GATED:
+            srow = (offs_n % 2) * n_scale_blocks + (offs_n // 2) // 128
+        else:
+            srow = offs_n // 128
+        ws_rows = WS + e * stride_se + srow * stride_s1
+        for k0 in range(0, K, BK):
+            acc = fp8_block_step(acc, a_base, a_mask, w_base, ws_rows, stride_s2, offs_n, mask_n, k0, K, BK,
+                                 SOFT_RNE)
+    else:
+        inv_in = tl.load(SCAL + e * stride_ce + 3)
+        for k0 in range(0, K, BK):
+            acc = fp8_tensor_step(acc, a_base, a_mask, w_base, inv_in, offs_n, mask_n, k0, K, BK, SOFT_RNE)
+        in_scale = tl.load(SCAL + e * stride_ce + 2)
+        s_gate = tl.load(SCAL + e * stride_ce)
+        if STAGE == 1 and GATED:
+            s_up = tl.load(SCAL + e * stride_ce + 1)
+            col_scale = tl.where(offs_n % 2 == 0, s_gate, s_up) * in_scale
+        else:
+            col_scale = s_gate * in_scale + tl.zeros([BN], dtype=tl.float32)
+        acc = acc * col_scale[None, :]
+    if HAS_BIAS:
+        acc += tl.load(BIAS + e * stride_be + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if STAGE == 1:
+        h = _activate(acc, ACT_KIND, GATED, alpha, limit, HAS_LIMIT, BM, BN)
+        if GATED:
+            offs_o = pid_n * (BN // 2) + tl.arange(0, BN // 2)
+            mask_o = offs_o < N // 2
+        else:
+            offs_o = offs_n
+            mask_o = mask_n
+        o_ptrs = OUT + rows.to(tl.int64)[:, None] * stride_om + offs_o[None, :]
+        tl.store(o_ptrs, h.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_o[None, :])
+    else:
+        wt = tl.load(TOPK_W + rows, mask=mask_m, other=0.0)
+        acc = acc * wt[:, None]
+        o_ptrs = OUT + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+        tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _combine(Y, IDS, OUT, H, TOPK: tl.constexpr, BH: tl.constexpr):
+    """out[t, :] = sum_j y[t*TOPK + j, :] over slots j with ids[t, j] >= 0."""
+    t = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BH + tl.arange(0, BH)
+    m = offs < H
+    acc = tl.zeros([BH], dtype=tl.float32)
+    for j in tl.static_range(TOPK):
+        ok = tl.load(IDS + t * TOPK + j + offs * 0, mask=m, other=-1) >= 0
+        acc += tl.load(Y + (t * TOPK + j) * H + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(OUT + t * H + offs, acc.to(OUT.dtype.element_ty), mask=m)
+
+
+def _scalars(stored: dict, E: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp8_tensor: per-expert [E, 4] float32 (w scale gate, w scale up, in scale, 1/in scale) for each GEMM."""
+    s13 = stored["w13_weight_scale"].float().reshape(E, -1)
+    in13 = stored["w13_input_scale"].float().reshape(E, -1).amax(dim=1)
+    s2 = stored["w2_weight_scale"].float().reshape(E, -1)[:, 0]
+    in2 = stored["w2_input_scale"].float().reshape(E, -1).amax(dim=1)
+    sc1 = torch.stack([s13[:, 0], s13[:, -1], in13, 1.0 / in13], dim=1).contiguous().to(device)
+    sc2 = torch.stack([s2, s2, in2, 1.0 / in2], dim=1).contiguous().to(device)
+    return sc1, sc2
+
+
+def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
+    if t is None or t.dim() < 2:
+        return 0, 0, 0
+    if t.dim() == 2:
+        return t.stride(0), t.stride(1), 0
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta, cfg, gcfg, topk):
+    sorted_ids, expert_ids, num_blocks, topk_ids, grid_m = route
+    act = meta.activation
+    fmt = FMT[meta.quant]
+    se, s1, s2 = _strides3(WS) if fmt != 2 else (0, 0, 0)
+    ch = mxfp4_k_chunk(K) if fmt == 0 else 0
+    bk = 128 if fmt == 1 else gcfg.block_k
+    dummy = out
+    grid = (grid_m * triton.cdiv(N, gcfg.block_n),)
+    _moe_gemm[grid](
+        A, A.stride(0), W, W.stride(0), W.stride(1), WS if fmt != 2 else dummy, se, s1, s2,
+        bias if bias is not None else dummy, bias.stride(0) if bias is not None else 0,
+        scal if scal is not None else dummy, scal.stride(0) if scal is not None else 0,
+        out, out.stride(0), topk_w,
+        sorted_ids, expert_ids, num_blocks, topk_ids,
+        P, N, K, -(-meta.Ip // 128), float(act.alpha if act.alpha is not None else 1.0),
+        float(act.limit if act.limit is not None else 0.0),
+        TOPK=topk, FMT=fmt, STAGE=stage, ACT_KIND=ACT[act.kind], GATED=meta.gated and stage == 1,
+        HAS_BIAS=bias is not None, HAS_LIMIT=act.limit is not None and stage == 1, PER_PAIR=cfg.per_pair, CH=ch,
+        BM=cfg.block_m, BN=gcfg.block_n, BK=bk, GROUP_M=cfg.group_m, SOFT_RNE=_INTERPRETED,
+        num_warps=gcfg.num_warps, num_stages=gcfg.num_stages,
+    )
+
+
+def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, stored: dict, meta,
+              config: configs.MoEConfig | None = None) -> torch.Tensor:
+    """x [T, H] (bf16/fp16/fp32), topk_weights [T, k] float32, topk_ids [T, k] int32 local ids (-1 = skip),
+    stored: role -> tensor in the moepack Triton layout, meta: `MoEMeta` (or a dict of its fields)
+    -> [T, H] in x.dtype: this rank's sum over its experts."""
+    if isinstance(meta, dict):
+        meta = MoEMeta(**meta)
+    T, H = x.shape
+    topk = topk_ids.shape[1]
+    P = T * topk
+    E, Ip = meta.E_l, meta.Ip
+    cfg = config or configs.pick(meta.quant, T, E, topk, H, Ip)
+    ids = topk_ids.reshape(-1).to(torch.int32).contiguous()
+    tw = topk_weights.reshape(-1).to(torch.float32).contiguous()
+    x = x.contiguous()
+    if cfg.per_pair:
+        route = (ids, ids, ids, ids, P)
+    else:
+        sorted_ids, expert_ids, num_blocks = moe_align(ids.view(T, topk), E, cfg.block_m)
+        route = (sorted_ids, expert_ids, num_blocks, ids, max_blocks(P, E, cfg.block_m))
+    n1 = 2 * Ip if meta.gated else Ip
+    inter = torch.empty(P, Ip, dtype=x.dtype, device=x.device)
+    y = torch.empty(P, H, dtype=x.dtype, device=x.device)
+    sc1 = sc2 = None
+    if meta.quant == "fp8_tensor":
+        sc1, sc2 = _scalars(stored, E, x.device)
+    w2_bias = stored.get("w2_bias") if meta.add_w2_bias else None
+    _launch_gemm(1, x, stored["w13_weight"], stored.get("w13_weight_scale"), stored.get("w13_bias"), sc1,
+                 inter, tw, route, P, n1, H, meta, cfg, cfg.gemm1, topk)
+    _launch_gemm(2, inter, stored["w2_weight"], stored.get("w2_weight_scale"), w2_bias, sc2,
+                 y, tw, route, P, H, Ip, meta, cfg, cfg.gemm2, topk)
+    out = torch.empty_like(x)
+    BH = 1024
+    _combine[(T, triton.cdiv(H, BH))](y, ids, out, H, TOPK=topk, BH=BH)
+    return out

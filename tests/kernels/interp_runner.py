@@ -1,0 +1,41 @@
+"""Runs the Triton kernels under the CPU interpreter; started by test_triton_interpret.py in a subprocess
+with TRITON_INTERPRET=1 (Triton picks interpreter or compiler when a kernel is decorated, i.e. at import,
+so the rest of the test suite is not affected). Prints one JSON object: case -> relative error."""
+import json
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+import torch  # noqa: E402
+
+from moe_cases import CASES, expected64, make_case, rel_err  # noqa: E402
+from moepack.kernels.configs import GemmConfig, MoEConfig  # noqa: E402
+from moepack.kernels.triton_moe import fused_moe  # noqa: E402
+
+
+def main(names):
+    """Two runs per case: sorted path with float32 activations, per-pair path with float16.
+    Reports the error against plain float64 and, for fp8, against float64 with the activation
+    quantization emulated (the kernel's rounding, checked tightly)."""
+    results = {}
+    for name in names:
+        for per_pair, x_dtype in ((False, torch.float32), (True, torch.float16)):
+            x, tw, ids, local, stored, meta = make_case(name, seed=len(results), x_dtype=x_dtype)
+            g = GemmConfig(block_n=32, block_k=64, num_warps=4, num_stages=1)
+            cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g)
+            out = fused_moe(x, tw, ids, stored, meta, config=cfg)
+            key = f"{name}/{'pair' if per_pair else 'sorted'}/{str(x_dtype)[6:]}"
+            if out.dtype != x.dtype or out.shape != x.shape:
+                results[key] = {"plain": float("inf")}
+                continue
+            results[key] = {"plain": rel_err(out, expected64(x, tw, ids, local))}
+            if meta["quant"] != "mxfp4" and x_dtype == torch.float32:
+                results[key]["emulated"] = rel_err(out, expected64(x, tw, ids, local, emulate_quant=True))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or list(CASES))
