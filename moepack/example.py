@@ -115,8 +115,9 @@ def _slabs(shape: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
         yield (min(step, shape[0] - start), *shape[1:])
 
 
-def _random_bytes(rng: np.random.Generator, n: int) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(rng.bytes(n), dtype=np.uint8).copy())
+def _random_bytes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """[n] uint8 uniform random bytes (raw 64-bit generator output: ~2.5 GB/s)."""
+    return rng.bit_generator.random_raw(-(-n // 8)).view(np.uint8)[:n]
 
 
 def _values(spec: TensorSpec, shape: tuple[int, ...], gen: torch.Generator, rng: np.random.Generator,
@@ -138,18 +139,19 @@ def _values(spec: TensorSpec, shape: tuple[int, ...], gen: torch.Generator, rng:
         if exact:
             codes = nearest_fp4_codes(torch.randn(nbytes * 2, generator=gen) * 2.0)
             return pack_fp4(codes)
-        return _random_bytes(rng, nbytes)
+        return torch.from_numpy(_random_bytes(rng, nbytes))
     if d == "F8_E4M3":
         if exact:
             return quantize_fp8_e4m3(torch.randn(shape, generator=gen) * 64.0)
         b = _random_bytes(rng, prod(shape))
-        b[(b & 0x7F) == 0x7F] -= 1         # 0x7F / 0xFF are NaN in e4m3fn
-        return b
+        b -= (b & 0x7F) == 0x7F            # 0x7F / 0xFF are NaN in e4m3fn
+        return torch.from_numpy(b)
     if d == "BF16":
         if exact:
             return (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
-        b = _random_bytes(rng, 2 * prod(shape)).view(torch.int16)
-        return b & 0x3FFF | (b & -0x8000)  # exponent below 128: finite, |v| < 2
+        b = _random_bytes(rng, 2 * prod(shape)).view(np.uint16)
+        b &= 0xBFFF                        # exponent below 128: finite, |v| < 2
+        return torch.from_numpy(b)
     raise AssertionError(f"no generator for {spec}")
 
 
