@@ -213,3 +213,20 @@ def test_list_targets_cover_the_issue():
     for hw in ("h100", "h200", "b200"):
         assert ("flashinfer-cutlass", hw) in combos
     assert {t.arch for t in TARGETS if t.hardware in ("mi300x", "mi325x")} == {"gfx942"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("key", [("aiter", "mi355x", "mxfp4", "interleave"), ("aiter", "mi300x", "fp8_block", None),
+                                 ("flashinfer-cutlass", "h100", "fp8_tensor", None), ("triton", "h100", "mxfp4", None)])
+def test_chains_on_gpu_match_cpu(key):
+    backend, hw, quant, variant = key
+    spec = make_spec(quant, E=2, H=128, I=384 if quant == "fp8_block" else 64, bias=quant == "mxfp4",
+                     arrangement="interleaved" if quant == "mxfp4" else "separate")
+    plan = plan_layer(spec, get_target(backend, hw, quant, variant), 2, 1)
+    for role, x in random_canonical(spec, seed=2).items():
+        chain = plan.chains[role]
+        cpu = chain.apply(x)
+        gpu = chain.apply(x.cuda())
+        assert all(bytes_equal(c, g.cpu()) for c, g in zip(cpu, gpu))
+        assert bytes_equal(chain.invert(gpu).cpu(), chain.canonicalize(x))
