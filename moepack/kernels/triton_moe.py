@@ -68,6 +68,7 @@ def _moe_gemm(
     TOPK: tl.constexpr, FMT: tl.constexpr, STAGE: tl.constexpr, ACT_KIND: tl.constexpr, GATED: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LIMIT: tl.constexpr, PER_PAIR: tl.constexpr, CH: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SOFT_RNE: tl.constexpr,
+    BF16_ASM: tl.constexpr,
 ):
     """One [BM, BN] output tile of one GEMM stage for one expert block.
 
@@ -115,7 +116,8 @@ def _moe_gemm(
     if FMT == 0:
         s_base = WS + e * stride_se + offs_n[None, :] * stride_s2
         for k0 in range(0, K, BK):
-            acc = mxfp4_step(acc, a_base, a_mask, w_base, s_base, stride_s1, offs_n, mask_n, k0, K, BN, BK, CH)
+            acc = mxfp4_step(acc, a_base, a_mask, w_base, s_base, stride_s1, offs_n, mask_n, k0, K, BN, BK, CH,
+                             BF16_ASM)
     elif FMT == 1:
         if STAGE == 1 and GATED:
             srow = (offs_n % 2) * n_scale_blocks + (offs_n // 2) // 128
@@ -208,6 +210,7 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         TOPK=topk, FMT=fmt, STAGE=stage, ACT_KIND=ACT[act.kind], GATED=meta.gated and stage == 1,
         HAS_BIAS=bias is not None, HAS_LIMIT=act.limit is not None and stage == 1, PER_PAIR=cfg.per_pair, CH=ch,
         BM=cfg.block_m, BN=gcfg.block_n, BK=bk, GROUP_M=cfg.group_m, SOFT_RNE=_INTERPRETED,
+        BF16_ASM=A.dtype == torch.bfloat16 and not _INTERPRETED,
         num_warps=gcfg.num_warps, num_stages=gcfg.num_stages,
     )
 
