@@ -24,7 +24,8 @@ from ..kernels.reference import LocalExperts, moe_reference
 from ..numerics import FP8_BLOCK, dequant_fp8_block, dequant_mxfp4
 from .report import FAIL, OK, SKIP, Row
 from .source_checks import load_chain
-from .tensors import canonical_from_source, read_stored
+from ..formats.assemble import read_canonical
+from .tensors import canonical_tensor, read_stored
 
 # Largest relative error ||rank path - reference||_F / ||reference||_F accepted per quant scheme.
 # Both paths decode the same codes: an FP4 value times an e8m0 power of two is exact in float32, an FP8
@@ -107,12 +108,12 @@ def dequant_source_expert(quant: str, w: torch.Tensor, s: torch.Tensor, halves: 
     raise ValueError(f"unknown quant scheme {quant!r}")
 
 
-def source_reference(read_source, entries: dict[str, dict], model: dict, x: torch.Tensor,
+def source_reference(ckpt, entries: dict[str, dict], model: dict, x: torch.Tensor,
                      weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """float64 [T, H] output of the layer whose manifest entries (role -> entry) are `entries`."""
     quant, arrangement = model["quant"], model["arrangement"]
     act = _activation(model)
-    canon = {role: canonical_from_source(read_source, e) for role, e in entries.items()}
+    canon = {role: read_canonical(ckpt, canonical_tensor(e)) for role, e in entries.items()}
     halves = 2 if arrangement != "up_only" else 1
     if quant == "fp8_block" and arrangement == "interleaved":
         raise ValueError("fp8_block with interleaved gate/up rows has no defined block scales")
@@ -133,7 +134,7 @@ def source_reference(read_source, entries: dict[str, dict], model: dict, x: torc
 
 
 # ----------------------------------------------------------------------------- rank path
-def rank_output(manifest_data: dict, rank: int, entries: dict[str, dict], paths: dict[str, Path],
+def rank_output(manifest_data: dict, rank: int, entries: dict[str, dict], readable: dict[tuple[str, int], Path],
                 x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """float32 [T, H]: this rank's partial output read from its stored parts through `invert_local`."""
     model = manifest_data["model"]
@@ -147,30 +148,29 @@ def rank_output(manifest_data: dict, rank: int, entries: dict[str, dict], paths:
     index = torch.tensor([position[g] for g in used], dtype=torch.long)
     fields = {}
     for role, e in entries.items():
-        rec = e["ranks"][rank]
-        logical = load_chain(e["chain"]).invert_local(read_stored(paths[rec["file"]], e["name"]))
+        logical = load_chain(e["chain"]).invert_local(read_stored(readable[(e["name"], rank)], e["name"]))
         fields[_LOCAL_FIELD[role]] = logical.index_select(0, index)
     local = LocalExperts(quant=model["quant"], activation=_activation(model),
                          gated=model["arrangement"] != "up_only", **fields)
     return moe_reference(x, weights, local_ids, local, add_w2_bias=info["tp_rank"] == 0)
 
 
-def check_layer(manifest_data: dict, layer: int, entries: dict[str, dict], paths: dict[str, Path], read_source,
+def check_layer(manifest_data: dict, layer: int, entries: dict[str, dict], readable: dict[tuple[str, int], Path], ckpt,
                 tokens: int = 8, seed: int = 0) -> Row:
     """One `numeric` row for MoE layer `layer`."""
     subject = f"model.layers.{layer}.mlp.experts"
     model = manifest_data["model"]
     quant = model["quant"]
-    missing = [r["file"] for e in entries.values() for r in e["ranks"] if r["file"] not in paths]
+    missing = [(e["name"], r) for e in entries.values() for r in range(len(e["ranks"])) if (e["name"], r) not in readable]
     if missing:
-        return Row(subject, "numeric", SKIP, f"{missing[0]} failed an earlier check")
-    if read_source is None:
+        return Row(subject, "numeric", SKIP, f"{missing[0][0]} on rank {missing[0][1]} failed an earlier check")
+    if ckpt is None:
         return Row(subject, "numeric", SKIP, "needs the source checkpoint (--source)")
     hidden = entries["w2_weight"]["logical_shape"][1]
     x, weights, ids = random_routing(tokens, hidden, model["num_experts"], model["top_k"], seed + layer)
     try:
-        ref = source_reference(read_source, entries, model, x, weights, ids)
-        got = sum(rank_output(manifest_data, r, entries, paths, x, weights, ids)
+        ref = source_reference(ckpt, entries, model, x, weights, ids)
+        got = sum(rank_output(manifest_data, r, entries, readable, x, weights, ids)
                   for r in range(manifest_data["parallel"]["world_size"]))
     except Exception as e:  # a wrong layout can break shapes anywhere in the kernel path
         return Row(subject, "numeric", FAIL, f"cannot run the layer through the rank layout: "

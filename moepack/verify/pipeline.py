@@ -3,8 +3,8 @@
 | level   | checks                                                                                      |
 | ------- | ------------------------------------------------------------------------------------------- |
 | quick   | manifest (schema, version, consistency); file (present, inside OUT), size; header, dtype, shape |
-| full    | quick + file-sha256, tensor-sha256; padding (re-applied chain); with source: source-file,  |
-|         | reconstruct (inverted chains reproduce every source tensor bit-exactly, rank at fault named)  |
+| full    | quick + file-sha256, tensor-sha256; padding (re-applied chain); with source: source-file, plan |
+|         | (chains = the target's plan), reconstruct (inverted chains give every source tensor bit-exactly) |
 | numeric | full + numeric (each MoE layer through the rank layout vs a float64 source reference)         |
 
 Bad input (no/invalid manifest, a file name that could leave OUT, an unreadable source) raises the
@@ -20,6 +20,7 @@ from ..convert.manifest import Manifest
 from ..errors import BadInputError
 from .checks import StoredTensor, check_files, check_hashes, check_tensor_headers, read_headers, stored_tensors
 from .numeric import check_layer
+from .plan_checks import check_plan
 from .report import OK, Report, Row
 from .source_checks import check_entry, check_source_files
 
@@ -43,9 +44,9 @@ def verify(out, source=None, level: str = "full", progress: bool = True, tokens:
     rows, present = check_files(out, manifest)
     report.extend(rows)
     sized = {n: p for n, p in present.items() if n not in _failed_files(rows)}
-    rows, headers = read_headers(sized, tensors)
+    rows, headers = read_headers(present, tensors)      # truncated files too: to name the tensors they lost
     report.extend(rows)
-    rows = check_tensor_headers(tensors, headers, set(sized))
+    rows = check_tensor_headers(tensors, headers, set(present))
     report.extend(rows)
     if level == "quick":
         return report
@@ -54,13 +55,14 @@ def verify(out, source=None, level: str = "full", progress: bool = True, tokens:
         report.extend(check_hashes(manifest, present, tensors, headers, on_bytes=bar.update))
         if ckpt is not None:
             report.extend(check_source_files(manifest, Path(ckpt.root), on_bytes=bar.update))
-    readable = _readable_files(sized, tensors, report.rows)
-    read_source = ckpt.get if ckpt is not None else None
+    if ckpt is not None:
+        report.extend(check_plan(manifest, ckpt))
+    readable = _readable_parts(sized, tensors, report.rows)
     for entry in manifest["experts"]:
-        report.extend(check_entry(entry, readable, read_source))
+        report.extend(check_entry(entry, readable, ckpt))
     if level == "numeric":
         for layer, entries in _layers(manifest).items():
-            report.extend([check_layer(manifest.data, layer, entries, readable, read_source, tokens, seed)])
+            report.extend([check_layer(manifest.data, layer, entries, readable, ckpt, tokens, seed)])
     return report
 
 
@@ -74,12 +76,13 @@ def _failed_files(rows: list[Row]) -> set[str]:
     return {r.subject for r in rows if r.result != OK and r.check in ("file", "size")}
 
 
-def _readable_files(sized: dict[str, Path], tensors: list[StoredTensor], rows: list[Row]) -> dict[str, Path]:
-    """Files whose size, header and listed tensors' header/dtype/shape checks all passed: safe to `safe_open`."""
+def _readable_parts(sized: dict[str, Path], tensors: list[StoredTensor], rows: list[Row]) -> dict[tuple[str, int], Path]:
+    """(expert tensor name, rank) -> its file, for the parts whose file has the recorded size and whose header,
+    dtype and shape checks passed: safe to `safe_open` and to read as the manifest describes."""
     bad = {(r.subject, r.rank) for r in rows if r.result != OK and r.check in ("header", "dtype", "shape")}
-    bad_files = {t.file for t in tensors if (t.name, t.rank) in bad}
-    bad_files |= {r.subject for r in rows if r.result != OK and r.check == "header" and r.subject in sized}
-    return {n: p for n, p in sized.items() if n not in bad_files}
+    bad_files = {r.subject for r in rows if r.result != OK and r.check == "header" and r.subject in sized}
+    return {(t.name, t.rank): sized[t.file] for t in tensors
+            if t.rank is not None and t.file in sized and t.file not in bad_files and (t.name, t.rank) not in bad}
 
 
 def _layers(manifest: Manifest) -> dict[int, dict[str, dict]]:

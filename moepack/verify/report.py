@@ -22,6 +22,7 @@ CHECKS = {
     "file-sha256": "sha256 of the whole file equals the manifest's",
     "tensor-sha256": "sha256 of the tensor's bytes equals the manifest's",
     "source-file": "the source file's size and sha256 equal the manifest's provenance",
+    "plan": "the manifest's chains and source pieces are what moepack plans for this source and target",
     "reconstruct": "inverting the chain and gathering ranks gives the source tensor bit-exactly",
     "padding": "each stored part equals the chain re-applied to the reconstruction (pad values, replicas)",
     "numeric": "the layer run through the rank layout matches a float64 reference from the source",

@@ -1,14 +1,16 @@
 """Tensor plumbing shared by the source and numeric checks: reading stored parts, placing source
 tensors into a canonical tensor, and locating the first differing element of two tensors.
 
-Source pieces follow `moepack/formats/model.py`: piece p says `canonical[e, r0:r1, ...]` (or
-`canonical[:, r0:r1, ...]` when `expert` is None), read byte for byte, is the source tensor `name`.
+A manifest `experts` entry's `sources` are the `SourcePiece`s of `moepack/formats/model.py`; its
+canonical tensor is assembled from / split into source tensors by `moepack/formats/assemble.py`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+
+from ..formats.model import CanonicalTensor, SourcePiece
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -32,14 +34,19 @@ def first_difference(got: torch.Tensor, want: torch.Tensor) -> str | None:
     count = int(ne.sum())
     if count == 0:
         return None
-    flat = int(torch.nonzero(ne.reshape(-1))[0])
-    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), tuple(got.shape))) if got.dim() else ()
+    flat, idx = first_true(ne)
     g, w = got.reshape(-1)[flat], want.reshape(-1)[flat]
-    return (f"{count} of {got.numel()} elements differ; first at {list(idx)}: "
-            f"{_show(g)}, expected {_show(w)}")
+    return f"{count} of {got.numel()} elements differ; first at {idx}: {show_value(g)}, expected {show_value(w)}"
 
 
-def _show(v: torch.Tensor) -> str:
+def first_true(mask: torch.Tensor) -> tuple[int, list[int]]:
+    """(flat index, index per dim) of the first True element of a non-empty boolean mask with one."""
+    flat = int(torch.nonzero(mask.reshape(-1))[0])
+    idx = [int(i) for i in torch.unravel_index(torch.tensor(flat), tuple(mask.shape))] if mask.dim() else []
+    return flat, idx
+
+
+def show_value(v: torch.Tensor) -> str:
     if v.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool):
         return str(int(v))
     try:
@@ -56,34 +63,8 @@ def read_stored(path: Path, name: str) -> torch.Tensor:
         return f.get_tensor(name)
 
 
-def piece_view(canonical: torch.Tensor, piece: dict) -> torch.Tensor:
-    """The region of `canonical` a source piece occupies (a view)."""
-    r0, r1 = piece["rows"]
-    if piece["expert"] is None:
-        return canonical[:, r0:r1]
-    return canonical[piece["expert"], r0:r1]
-
-
-def piece_bytes(canonical: torch.Tensor, piece: dict) -> torch.Tensor:
-    """[n] uint8: the bytes of the region of `canonical` that source piece `piece` must equal."""
-    return piece_view(canonical, piece).contiguous().reshape(-1).view(torch.uint8)
-
-
-def source_bytes(t: torch.Tensor) -> torch.Tensor:
-    """[n] uint8: a source tensor's raw bytes."""
-    return t.contiguous().reshape(-1).view(torch.uint8)
-
-
-def canonical_from_source(read, entry: dict) -> torch.Tensor:
-    """The canonical tensor of a manifest `experts` entry, assembled from the source tensors its
-    `sources` name; `read(name) -> Tensor` reads one source tensor. Shape `logical_shape`, dtype `logical_dtype`."""
-    dtype = getattr(torch, entry["logical_dtype"])
-    canonical = torch.zeros(tuple(entry["logical_shape"]), dtype=dtype)
-    for piece in entry["sources"]:
-        region = piece_view(canonical, piece)
-        raw = source_bytes(read(piece["name"]))
-        if raw.numel() != region.numel() * region.element_size():
-            raise ValueError(f"source tensor {piece['name']} has {raw.numel()} bytes, its place in "
-                             f"{entry['name']} {list(region.shape)} needs {region.numel() * region.element_size()}")
-        region.copy_(raw.view(dtype).reshape(region.shape))
-    return canonical
+def canonical_tensor(entry: dict) -> CanonicalTensor:
+    """The `CanonicalTensor` (formats/model.py) a manifest `experts` entry describes."""
+    pieces = tuple(SourcePiece(p["name"], p["expert"], tuple(p["rows"]), tuple(p["shape"]), p["dtype"])
+                   for p in entry["sources"])
+    return CanonicalTensor(entry["role"], tuple(entry["logical_shape"]), entry["logical_dtype"], pieces)
