@@ -97,6 +97,7 @@ def inspect(
     ep: int = typer.Option(1, "--ep", help="Expert-parallel groups (must divide --tp and E)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="triton | aiter | flashinfer-cutlass."),
     hardware: Optional[str] = typer.Option(None, "--hardware", help="h100 | h200 | b200 | mi300x | mi325x | mi355x."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Layout variant where a target has several (see `moepack targets`)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ):
     """Describe a checkpoint's MoE layers and, with a target, the plan per rank (padding, warnings).
@@ -106,7 +107,7 @@ def inspect(
     from .inspect import inspect as run_inspect
     from .render import render_inspect
 
-    info = run_inspect(src, revision=revision, tp=tp, ep=ep, backend=backend, hardware=hardware)
+    info = run_inspect(src, revision=revision, tp=tp, ep=ep, backend=backend, hardware=hardware, variant=variant)
     if as_json:
         _print_json(info)
     else:

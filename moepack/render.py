@@ -30,7 +30,7 @@ def render_inspect(info: dict, console) -> None:
     act = m.get("activation") or {}
     t.add_row(str(m["num_layers"]), str(len(m["moe_layers"])), str(m["num_experts"]), str(m["hidden"]),
               str(m["intermediate"]), str(m["routing"]["top_k"]), str(m["arrangement"]), str(act.get("kind")),
-              _fmt_bytes(info.get("expert_bytes")), _fmt_bytes(info.get("passthrough_bytes")))
+              _fmt_bytes(m.get("expert_bytes")), _fmt_bytes(m.get("passthrough_bytes")))
     console.print(t)
     plan = info.get("plan")
     if plan:
@@ -50,10 +50,13 @@ def render_inspect(info: dict, console) -> None:
 
 
 def render_targets(rows: list[dict], console) -> None:
-    t = _table("supported targets", ["backend", "hardware", "arch", "quant", "align", "w13_weight chain"])
+    t = _table("supported targets (w13_weight steps for a gated, separate gate/up source at tp=2; "
+               "--json gives every parameter)",
+               ["backend", "hardware", "arch", "quant", "variant", "align", "w13_weight chain"])
     for r in rows:
-        t.add_row(r["backend"], r["hardware"], r["arch"], r["quant"], str(r.get("alignment", "")),
-                  r.get("chain", ""))
+        variant = r["variant"] + (" (default)" if r.get("default") and r["variant"] != "default" else "")
+        t.add_row(r["backend"], r["hardware"], r["arch"], r["quant"], variant, str(r.get("alignment", "")),
+                  " -> ".join(r.get("steps", [])))
     console.print(t)
 
 

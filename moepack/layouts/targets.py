@@ -119,4 +119,22 @@ def get_target(backend: str, hardware: str, quant: str, variant: str | None = No
     return hits[0]
 
 
-__all__ = ["ARCH", "BACKENDS", "HARDWARE", "QUANTS", "Target", "TARGETS", "get_target", "list_targets"]
+def describe_targets(tp: int = 2) -> list[dict]:
+    """Every target as JSON, with the w13_weight chain it gives a gated, [gate; up]-separate source at `tp`
+    (E=8, H=512, I=1024: sizes every target accepts) — what `moepack targets` lists."""
+    from ..formats.model import Activation, CanonicalTensor, MoELayerSpec
+    from .plan import plan_layer
+
+    E, H, I = 8, 512, 1024
+    rows = []
+    for t in TARGETS:
+        kst = H // 2 if t.quant == "mxfp4" else H
+        dtype = "uint8" if t.quant == "mxfp4" else "float8_e4m3fn"
+        ct = CanonicalTensor("w13_weight", (E, 2 * I, kst), dtype, ())
+        spec = MoELayerSpec(0, E, H, I, t.quant, "separate", Activation("silu"), False, {"w13_weight": ct})
+        chain = plan_layer(spec, t, tp, 1).chains["w13_weight"]
+        rows.append(t.to_json() | {"chain": chain.describe(), "steps": [s.name for s in chain.steps]})
+    return rows
+
+
+__all__ = ["describe_targets", "ARCH", "BACKENDS", "HARDWARE", "QUANTS", "Target", "TARGETS", "get_target", "list_targets"]
