@@ -99,9 +99,18 @@ def list_targets() -> list[Target]:
     return list(TARGETS)
 
 
-def _supported() -> str:
-    return "; ".join(f"{t.backend}/{t.hardware}/{t.quant}" + ("" if t.variant == "default" else f"/{t.variant}")
-                     for t in TARGETS)
+def _supported(quant: str | None = None) -> str:
+    """'backend: hw, hw (variants); ...' for the targets of `quant` (all quants when None)."""
+    groups: dict[str, list[str]] = {}
+    for t in TARGETS:
+        if quant is not None and t.quant != quant:
+            continue
+        key = t.backend if quant is not None else f"{t.backend}/{t.quant}"
+        hw = t.hardware + ("" if t.variant == "default" else f"[{t.variant}]")
+        groups.setdefault(key, [])
+        if hw not in groups[key]:
+            groups[key].append(hw)
+    return "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items()) or "none"
 
 
 def get_target(backend: str, hardware: str, quant: str, variant: str | None = None) -> Target:
@@ -115,7 +124,7 @@ def get_target(backend: str, hardware: str, quant: str, variant: str | None = No
     if not hits:
         v = f" variant {variant!r}" if variant else ""
         raise PlanError(f"unsupported target --backend {backend} --hardware {hardware} for {quant}{v}; "
-                        f"supported: {_supported()}")
+                        f"supported for {quant}: {_supported(quant)} (see `moepack targets`)")
     return hits[0]
 
 
