@@ -183,11 +183,11 @@ def _reconstruct(entry: dict, chain: Chain, parts, canonical, ckpt, why: str) ->
 
 def _value_exact(chain: Chain, ct, canonical: torch.Tensor, ckpt) -> str | None:
     """When the chain itself is documented lossy in bits but not in value (gfx942 e4m3fnuz has no -0, so
-    FP8 -0 is stored as +0): a note if the stored data is exactly the source sent through the chain and
-    back, and that round trip changes no value; None otherwise."""
+    FP8 -0 is stored as +0): a note if the stored data is exactly `chain.canonicalize(source)` and that
+    changes no value; None otherwise."""
     try:
         src = read_canonical(ckpt, ct)
-        round_trip = chain.invert(chain.apply(src))
+        round_trip = chain.canonicalize(src)
     except (MoepackError, ValueError, RuntimeError):
         return None
     if first_difference(canonical, round_trip) is not None:
