@@ -32,6 +32,8 @@ def check_plan(manifest: Manifest, ckpt) -> list[Row]:
         return [Row("model", "plan", FAIL, f"the source cannot be described: {e}")]
     targets = [x for x in list_targets()
                if (x.backend, x.hardware, x.quant) == (t["backend"], t["hardware"], t["quant"])]
+    if t.get("variant"):
+        targets = [x for x in targets if x.variant == t["variant"]]
     if not targets:
         return [Row("model", "plan", FAIL, f"no registered target {t['backend']}/{t['hardware']}/{t['quant']}")]
     plans: dict[int, list] = {}

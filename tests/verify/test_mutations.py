@@ -29,8 +29,11 @@ def _convert(src, out, backend, hardware, tp, ep, variant):
     except ImportError:
         from .stand_in import stand_in_convert
         return stand_in_convert(src, out, backend, hardware, tp, ep, variant)
-    kwargs = {"variant": variant} if variant else {}
-    return convert(src, out, backend=backend, hardware=hardware, tp=tp, ep=ep, progress=False, **kwargs)
+    import inspect
+
+    accepted = inspect.signature(convert).parameters
+    kwargs = {k: v for k, v in {"variant": variant, "progress": False}.items() if k in accepted and v is not None}
+    return convert(src, out, backend=backend, hardware=hardware, tp=tp, ep=ep, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +207,19 @@ def test_bad_input_raises_instead_of_failing_a_check(copy_of, tmp_path):
     M.save_manifest(out, data)
     with pytest.raises(ManifestError, match="escape"):
         verify(out, level="quick", progress=False)
+
+
+def test_without_source_checks_what_it_can_and_says_what_it_skipped(converted, capsys):
+    src, out = converted(GPT)
+    report = verify(out, level="numeric", progress=True)
+    assert report.ok
+    assert not [r for r in report.rows if r.check in ("reconstruct", "plan", "source-file")]
+    assert {r.result for r in report.rows if r.check == "numeric"} == {"skip"}
+    assert [r for r in report.rows if r.check == "padding" and r.result == "ok"]
+
+
+def test_every_quant_scheme_has_a_tolerance():
+    from moepack.layouts.targets import QUANTS
+    from moepack.verify import TOLERANCES
+
+    assert set(TOLERANCES) == set(QUANTS) and all(0 < t < 1e-3 for t in TOLERANCES.values())
