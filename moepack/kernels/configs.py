@@ -30,6 +30,7 @@ class MoEConfig:
     gemm1: GemmConfig
     gemm2: GemmConfig
     group_m: int = 8
+    prequant: bool = False     # fp8_block: quantize activations in one pass before each GEMM (large M)
 
 
 def _bucket(M: int) -> int:
@@ -63,4 +64,4 @@ def pick(quant: str, M: int, E: int, topk: int, H: int, Ip: int) -> MoEConfig:
     key = ("mxfp4" if quant == "mxfp4" else "fp8_block", _bucket(M))
     per_pair, block_m, g1, g2 = TABLE[key]
     per_pair = per_pair and M * topk <= 16
-    return MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2)
+    return MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2, prequant=block_m >= 32)

@@ -41,8 +41,8 @@ def _quant_rows(a, SOFT_RNE: tl.constexpr):
 
 
 @triton.jit
-def fp8_block_step(acc, a_base, a_mask_m, w_base, ws_rows, stride_wsk, offs_n, mask_n, k0, K,
-                   BK: tl.constexpr, SOFT_RNE: tl.constexpr):
+def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws_rows, stride_wsk, offs_n, mask_n, k0, K,
+                   BK: tl.constexpr, SOFT_RNE: tl.constexpr, PREQ: tl.constexpr):
     """acc [BM, BN] += dequant(quant(A[:, k0:k0+128])) @ dequant(W[offs_n, k0:k0+128]).T.
 
     ws_rows: [BN] pointers to each weight row's scale row (column block 0); stride_wsk per 128 of K."""
@@ -51,9 +51,14 @@ def fp8_block_step(acc, a_base, a_mask_m, w_base, ws_rows, stride_wsk, offs_n, m
     a = tl.load(a_base + offs_k[None, :], mask=a_mask_m & mk[None, :], other=0.0)
     w = tl.load(w_base + offs_k[None, :], mask=mask_n[:, None] & mk[None, :], other=0.0)
     ws = tl.load(ws_rows + (k0 // 128) * stride_wsk, mask=mask_n, other=0.0)
-    qa, sa = _quant_rows(a, SOFT_RNE)
+    if PREQ:
+        qa = a
+        sa = tl.load(as_rows[:, None] + k0 // 128, mask=a_mask_m, other=0.0)    # [BM, 1]
+    else:
+        qa, s_rows = _quant_rows(a, SOFT_RNE)
+        sa = s_rows[:, None]
     part = tl.dot(qa, tl.trans(w))
-    return acc + part * sa[:, None] * ws[None, :]
+    return acc + part * sa * ws[None, :]
 
 
 @triton.jit
@@ -66,3 +71,29 @@ def fp8_tensor_step(acc, a_base, a_mask_m, w_base, inv_in_scale, offs_n, mask_n,
     w = tl.load(w_base + offs_k[None, :], mask=mask_n[:, None] & mk[None, :], other=0.0)
     qa = to_e4m3(tl.minimum(tl.maximum(a.to(tl.float32) * inv_in_scale, -FP8_MAX), FP8_MAX), SOFT_RNE)
     return tl.dot(qa, tl.trans(w), acc)
+
+
+@triton.jit
+def _quant_groups_kernel(X, Q, S, K, stride_x, n_groups, SOFT_RNE: tl.constexpr):
+    """One 128-group of one row: Q[r, g*128:(g+1)*128] = e4m3(x / s), S[r, g] = s."""
+    r = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    offs = g * 128 + tl.arange(0, 128)
+    m = offs < K
+    x = tl.load(X + r * stride_x + offs, mask=m, other=0.0)
+    q, s = _quant_rows(x[None, :], SOFT_RNE)
+    tl.store(Q + r * K + offs[None, :], q, mask=m[None, :])
+    tl.store(S + r * n_groups + g + tl.arange(0, 1), s)
+
+
+def quantize_groups(x, soft_rne: bool = False):
+    """x [R, K] float -> (q [R, K] float8_e4m3fn, s [R, ceil(K/128)] float32): per-row 128-groups, one pass.
+    Used before the GEMMs at large M, where quantizing inside every N-tile program costs more than it saves."""
+    import torch
+    R, K = x.shape
+    ng = -(-K // 128)
+    q = torch.empty(R, K, dtype=torch.float8_e4m3fn, device=x.device)
+    s = torch.empty(R, ng, dtype=torch.float32, device=x.device)
+    if R:
+        _quant_groups_kernel[(R, ng)](x, q, s, K, x.stride(0), ng, SOFT_RNE=soft_rne)
+    return q, s

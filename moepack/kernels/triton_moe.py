@@ -20,7 +20,7 @@ import triton.language as tl
 from ..layouts.triton import mxfp4_k_chunk
 from . import configs
 from .align import max_blocks, moe_align
-from .triton_fp8 import fp8_block_step, fp8_tensor_step
+from .triton_fp8 import fp8_block_step, fp8_tensor_step, quantize_groups
 from .triton_mxfp4 import mxfp4_step
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -61,14 +61,14 @@ def _activate(acc, ACT_KIND: tl.constexpr, GATED: tl.constexpr, alpha, limit, HA
 
 @triton.jit
 def _moe_gemm(
-    A, stride_am, W, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+    A, stride_am, AS, stride_asm, W, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
     BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, TOPK_W,
     SORTED, EXPERT_IDS, NUM_BLOCKS, TOPK_IDS,
     P, N, K, n_scale_blocks, alpha, limit,
     TOPK: tl.constexpr, FMT: tl.constexpr, STAGE: tl.constexpr, ACT_KIND: tl.constexpr, GATED: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LIMIT: tl.constexpr, PER_PAIR: tl.constexpr, CH: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SOFT_RNE: tl.constexpr,
-    BF16_ASM: tl.constexpr,
+    BF16_ASM: tl.constexpr, PREQ: tl.constexpr,
 ):
     """One [BM, BN] output tile of one GEMM stage for one expert block.
 
@@ -124,9 +124,10 @@ def _moe_gemm(
         else:
             srow = offs_n // 128
         ws_rows = WS + e * stride_se + srow * stride_s1
+        as_rows = AS + a_rows.to(tl.int64) * stride_asm
         for k0 in range(0, K, BK):
-            acc = fp8_block_step(acc, a_base, a_mask, w_base, ws_rows, stride_s2, offs_n, mask_n, k0, K, BK,
-                                 SOFT_RNE)
+            acc = fp8_block_step(acc, a_base, a_mask, as_rows, w_base, ws_rows, stride_s2, offs_n, mask_n, k0, K,
+                                 BK, SOFT_RNE, PREQ)
     else:
         inv_in = tl.load(SCAL + e * stride_ce + 3)
         for k0 in range(0, K, BK):
@@ -190,7 +191,7 @@ def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta, cfg, gcfg, topk):
+def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta, cfg, gcfg, topk, A_scale=None):
     sorted_ids, expert_ids, num_blocks, topk_ids, grid_m = route
     act = meta.activation
     fmt = FMT[meta.quant]
@@ -200,7 +201,7 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
     dummy = out
     grid = (grid_m * triton.cdiv(N, gcfg.block_n),)
     _moe_gemm[grid](
-        A, A.stride(0), W, W.stride(0), W.stride(1), WS if fmt != 2 else dummy, se, s1, s2,
+        A, A.stride(0), A_scale if A_scale is not None else dummy, A_scale.stride(0) if A_scale is not None else 0, W, W.stride(0), W.stride(1), WS if fmt != 2 else dummy, se, s1, s2,
         bias if bias is not None else dummy, bias.stride(0) if bias is not None else 0,
         scal if scal is not None else dummy, scal.stride(0) if scal is not None else 0,
         out, out.stride(0), topk_w,
@@ -210,7 +211,7 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         TOPK=topk, FMT=fmt, STAGE=stage, ACT_KIND=ACT[act.kind], GATED=meta.gated and stage == 1,
         HAS_BIAS=bias is not None, HAS_LIMIT=act.limit is not None and stage == 1, PER_PAIR=cfg.per_pair, CH=ch,
         BM=cfg.block_m, BN=gcfg.block_n, BK=bk, GROUP_M=cfg.group_m, SOFT_RNE=_INTERPRETED,
-        BF16_ASM=A.dtype == torch.bfloat16 and not _INTERPRETED,
+        BF16_ASM=A.dtype == torch.bfloat16 and not _INTERPRETED, PREQ=A_scale is not None,
         num_warps=gcfg.num_warps, num_stages=gcfg.num_stages,
     )
 
@@ -242,10 +243,13 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     if meta.quant == "fp8_tensor":
         sc1, sc2 = _scalars(stored, E, x.device)
     w2_bias = stored.get("w2_bias") if meta.add_w2_bias else None
-    _launch_gemm(1, x, stored["w13_weight"], stored.get("w13_weight_scale"), stored.get("w13_bias"), sc1,
-                 inter, tw, route, P, n1, H, meta, cfg, cfg.gemm1, topk)
-    _launch_gemm(2, inter, stored["w2_weight"], stored.get("w2_weight_scale"), w2_bias, sc2,
-                 y, tw, route, P, H, Ip, meta, cfg, cfg.gemm2, topk)
+    preq = meta.quant == "fp8_block" and cfg.prequant
+    a1, a1s = quantize_groups(x, _INTERPRETED) if preq else (x, None)
+    _launch_gemm(1, a1, stored["w13_weight"], stored.get("w13_weight_scale"), stored.get("w13_bias"), sc1,
+                 inter, tw, route, P, n1, H, meta, cfg, cfg.gemm1, topk, a1s)
+    a2, a2s = quantize_groups(inter, _INTERPRETED) if preq else (inter, None)
+    _launch_gemm(2, a2, stored["w2_weight"], stored.get("w2_weight_scale"), w2_bias, sc2,
+                 y, tw, route, P, H, Ip, meta, cfg, cfg.gemm2, topk, a2s)
     out = torch.empty_like(x)
     BH = 1024
     _combine[(T, triton.cdiv(H, BH))](y, ids, out, H, TOPK=topk, BH=BH)

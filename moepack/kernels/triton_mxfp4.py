@@ -40,7 +40,7 @@ def _decode(codes, scale, BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr, 
 # prmt spreads bytes (b0, b1) to bits 0 and 16; shifts and masks put each nibble's magnitude at bf16
 # bits 6..8 and its sign at bit 15 (the FP4 value times 2^-126; code 1 is a bf16 subnormal, which
 # bf16x2 multiplication handles); one mul.bf16x2 by 2^(s - 1) = 2^(s - 127) * 2^126 scales a pair.
-_UNPACK_ASM = """
+_UNPACK_ASM = tl.constexpr("""
 {
 .reg .b32 y, m, s;
 prmt.b32 y, $4, 0, 0x4140;
@@ -54,7 +54,7 @@ mul.rn.bf16x2 $1, m, $6;
 shl.b32 m, y, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 8; and.b32 s, s, 0x80008000; or.b32 m, m, s;
 mul.rn.bf16x2 $3, m, $8;
 }
-"""
+""")
 
 
 @triton.jit

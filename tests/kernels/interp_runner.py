@@ -25,7 +25,7 @@ def main(names):
         for per_pair, x_dtype in ((False, torch.float32), (True, torch.float16)):
             x, tw, ids, local, stored, meta = make_case(name, seed=len(results), x_dtype=x_dtype)
             g = GemmConfig(block_n=32, block_k=64, num_warps=4, num_stages=1)
-            cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g)
+            cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g, prequant=not per_pair)
             out = fused_moe(x, tw, ids, stored, meta, config=cfg)
             key = f"{name}/{'pair' if per_pair else 'sorted'}/{str(x_dtype)[6:]}"
             if out.dtype != x.dtype or out.shape != x.shape:
