@@ -12,19 +12,13 @@ tensor is used (each failure is a `MoepackError` naming the file / tensor / flag
 5. every file the rank needs is inside OUT (no `..`, no absolute path, no symlink leading out: refused
    and never opened) and has the recorded size (else `VerificationError`);
 6. each tensor's safetensors header entry matches the manifest's dtype and shape (else `VerificationError`);
-   `check="full"` also compares the sha256 of every tensor's raw bytes.
+   `check="full"` also compares the sha256 of every tensor's raw bytes and of every file it reads.
 
 Only safetensors headers (JSON) and `safe_open` (memory-mapped, never pickle) read the files. On CPU the
 tensors stay memory-mapped; on a GPU only this rank's files and the shared tensors are copied over.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import mmap
-import os
-import struct
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,11 +28,12 @@ from .. import __version__
 from ..convert.manifest import MANIFEST_NAME, Manifest, safe_member
 from ..errors import EnvironmentError_, ManifestError, TargetMismatchError, VerificationError
 from ..layouts.transform import Chain
+from ..verify.hashing import hash_files
+from ..verify.headers import Header, HeaderError, read_header
 from .moe import Execution, MoELayer
 
 CHECKS = ("fast", "full")
 LAYOUT_VERSION = 1                   # the layout version of every target unless the registry says otherwise
-_HEADER_LIMIT = 100 * 2**20          # safetensors' own limit on the JSON header
 
 
 @dataclass(frozen=True)
@@ -90,11 +85,11 @@ def load(out, rank: int = 0, device="cpu", check: str = "fast", allow_emulation:
     expert_records, chains = expert_records_of(manifest, rank)
     records = expert_records + shared_records_of(manifest)
     paths = checked_files(root, manifest, {r.file for r in records})
-    headers = {f: read_header(p) for f, p in paths.items()}
+    headers = read_headers(paths)
     for r in records:
         check_header_entry(r, headers[r.file])
     if check == "full":
-        verify_hashes(records, paths, headers)
+        verify_hashes(manifest, records, paths, headers)
 
     tensors = open_tensors(records, paths, dev)
     moe_layers = build_layers(manifest, entry, expert_records, chains, tensors, execution)
@@ -244,78 +239,49 @@ def checked_files(root: Path, manifest: dict, names: set[str]) -> dict[str, Path
     return paths
 
 
-def read_header(path: Path) -> dict:
-    """The JSON header of a safetensors file: name -> {dtype, shape, data_offsets (absolute)}.
-
-    Checks the header length and that every tensor's byte range lies inside the file."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise VerificationError(f"{path.name}: too short to be a safetensors file")
-        (n,) = struct.unpack("<Q", raw)
-        if n > min(_HEADER_LIMIT, size - 8):
-            raise VerificationError(f"{path.name}: header length {n} exceeds the file ({size} bytes)")
+def read_headers(paths: dict[str, Path]) -> dict[str, Header]:
+    """Each file's safetensors header (verify's reader: JSON only, ranges checked, data never read)."""
+    headers = {}
+    for name, path in paths.items():
         try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise VerificationError(f"{path.name}: safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise VerificationError(f"{path.name}: safetensors header is not a JSON object")
-    base = 8 + n
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, end = (int(x) for x in info["data_offsets"])
-            entry = {"dtype": info["dtype"], "shape": tuple(int(d) for d in info["shape"]),
-                     "start": base + start, "end": base + end}
-        except (KeyError, TypeError, ValueError):
-            raise VerificationError(f"{path.name}: header entry of tensor {name} is malformed") from None
-        if not 0 <= start <= end or base + end > size:
-            raise VerificationError(f"{path.name}: tensor {name} bytes [{start}, {end}) lie outside the file")
-        out[name] = entry
-    return out
+            headers[name] = read_header(path)
+        except HeaderError as e:
+            raise VerificationError(f"{name}: not a readable safetensors file ({e})") from None
+    return headers
 
 
-def check_header_entry(rec: TensorRecord, header: dict) -> None:
+def check_header_entry(rec: TensorRecord, header: Header) -> None:
     """The file's header agrees with the manifest on the tensor's presence, dtype and shape."""
-    h = header.get(rec.name)
+    h = header.tensors.get(rec.name)
     if h is None:
         raise VerificationError(f"{rec.file}: tensor {rec.name} is missing")
-    if h["dtype"] != rec.dtype:
-        raise VerificationError(f"{rec.file}: tensor {rec.name} has dtype {h['dtype']}, manifest says {rec.dtype}")
-    if h["shape"] != rec.shape:
-        raise VerificationError(f"{rec.file}: tensor {rec.name} has shape {list(h['shape'])}, "
+    if h.dtype != rec.dtype:
+        raise VerificationError(f"{rec.file}: tensor {rec.name} has dtype {h.dtype}, manifest says {rec.dtype}")
+    if h.shape != rec.shape:
+        raise VerificationError(f"{rec.file}: tensor {rec.name} has shape {list(h.shape)}, "
                                 f"manifest says {list(rec.shape)}")
+    if header.past_end(rec.name):
+        raise VerificationError(f"{rec.file}: tensor {rec.name} runs past the end of the file")
 
 
-def _sha256_range(path: Path, start: int, end: int) -> str:
-    h = hashlib.sha256()
-    if end > start:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
-            try:
-                for lo in range(start, end, 64 * 2**20):     # chunks: hashlib releases the GIL per call
-                    h.update(view[lo:min(end, lo + 64 * 2**20)])
-            finally:
-                view.release()
-    return h.hexdigest()
-
-
-def verify_hashes(records: list[TensorRecord], paths: dict[str, Path], headers: dict[str, dict]) -> None:
-    """sha256 of every tensor's raw bytes against the manifest (threads: hashlib releases the GIL)."""
-    def one(rec: TensorRecord) -> tuple[TensorRecord, str]:
-        h = headers[rec.file][rec.name]
-        return rec, _sha256_range(paths[rec.file], h["start"], h["end"])
-
-    workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        for rec, digest in pool.map(one, records):
-            if digest != rec.sha256:
-                raise VerificationError(f"{rec.file}: tensor {rec.name} sha256 {digest[:16]}... "
-                                        f"does not match the manifest's {str(rec.sha256)[:16]}...")
+def verify_hashes(manifest: dict, records: list[TensorRecord], paths: dict[str, Path], headers: dict[str, Header]) -> None:
+    """sha256 of each used file and of every tensor's raw bytes against the manifest (one streamed read per file)."""
+    spans: dict[str, dict[str, tuple[int, int]]] = {f: {} for f in paths}
+    for r in records:
+        h = headers[r.file].tensors[r.name]
+        spans[r.file][r.name] = (h.begin, h.end)
+    files = list(paths)
+    digests = hash_files([(str(paths[f]), spans[f]) for f in files])
+    by_file = dict(zip(files, digests))
+    for r in records:
+        got = by_file[r.file].tensors.get(r.name)
+        if got != r.sha256:
+            raise VerificationError(f"{r.file}: tensor {r.name} sha256 {str(got)[:16]}... "
+                                    f"does not match the manifest's {r.sha256[:16]}...")
+    for f, d in by_file.items():
+        if d.sha256 != manifest["files"][f]["sha256"]:
+            raise VerificationError(f"{f}: file sha256 {d.sha256[:16]}... does not match the manifest's "
+                                    f"{manifest['files'][f]['sha256'][:16]}...")
 
 
 def open_tensors(records: list[TensorRecord], paths: dict[str, Path], device: torch.device) -> dict[str, torch.Tensor]:

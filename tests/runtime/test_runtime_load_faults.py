@@ -15,6 +15,7 @@ from moepack.errors import (EnvironmentError_, ManifestError, MoepackError, Targ
 from moepack.runtime import load
 from moepack.runtime import loader as loader_mod
 from moepack.runtime.moe import Execution
+from moepack.verify.headers import read_header
 
 
 def _edit(folder: Path, fn) -> None:
@@ -133,11 +134,11 @@ def test_tampered_hash_caught_by_full_check_only(gpt_tp2):
 def test_flipped_tensor_byte_caught_by_full_check(gpt_tp2):
     m = json.loads((gpt_tp2 / "manifest.json").read_text())
     name, rec = _first_expert(m, rank=1)
-    header = loader_mod.read_header(gpt_tp2 / rec["file"])[name]
+    begin = read_header(gpt_tp2 / rec["file"]).tensors[name].begin
     with open(gpt_tp2 / rec["file"], "r+b") as f:        # same size, one byte of the tensor changed
-        f.seek(header["start"])
+        f.seek(begin)
         b = f.read(1)
-        f.seek(header["start"])
+        f.seek(begin)
         f.write(bytes([b[0] ^ 0xFF]))
     load(gpt_tp2, rank=0, check="full")                   # rank 0 does not read that file
     with pytest.raises(VerificationError) as e:
