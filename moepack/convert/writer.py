@@ -1,0 +1,563 @@
+"""Writing OUT safely: the output lock, atomic safetensors part files, shard sizes.
+
+A part file is written under a temporary name (`.{name}.tmp`), fsynced, renamed to its final name,
+and then the directory is fsynced: a crash leaves either the complete file or no file (plus at most a
+temp file, which `remove_temp_files` clears). Its layout is declared up front (`TensorEntry`s), so the
+safetensors header goes first and the tensor bytes stream after it in order; sha256 of every tensor and
+of the whole file are computed on the way, in threads (hashlib releases the GIL).
+
+Nothing here writes outside OUT: names are plain file names (`plain_name`), OUT must not be a
+symlink nor contain one (`check_out_dir`), and files are created with O_EXCL | O_NOFOLLOW.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import queue
+import re
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from ..errors import BadInputError, EnvironmentError_
+
+LOCK_NAME = ".moepack.lock"
+TEMP_SUFFIX = ".tmp"
+CHUNK = 32 << 20            # bytes handed to one os.write / hash update
+
+# safetensors header dtype strings <-> torch dtypes (the ones moepack writes or passes through)
+ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+    "F8_E5M2": torch.float8_e5m2, "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+}
+if hasattr(torch, "float8_e8m0fnu"):
+    ST_DTYPES["F8_E8M0"] = torch.float8_e8m0fnu
+TORCH_TO_ST: dict[torch.dtype, str] = {v: k for k, v in ST_DTYPES.items()}
+
+
+def st_dtype(t: torch.Tensor | torch.dtype) -> str:
+    """The safetensors dtype string of a tensor or torch dtype ("U8", "F32", ...)."""
+    dt = t.dtype if isinstance(t, torch.Tensor) else t
+    try:
+        return TORCH_TO_ST[dt]
+    except KeyError:
+        raise BadInputError(f"dtype {dt} cannot be stored in safetensors by moepack") from None
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a CPU tensor, row-major (a view when already contiguous)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    flat = t.contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+# ----------------------------------------------------------------------------- sizes
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(size: int | str) -> int:
+    """"5GB" -> 5_000_000_000, "500MiB" -> 524_288_000, 1234 -> 1234 (decimal units, like Hugging Face)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        m = _SIZE_RE.match(str(size))
+        if not m:
+            raise BadInputError(f"--max-shard-size {size!r} is not a size (examples: 5GB, 500MB, 1073741824)")
+        unit = (m.group(2) or "").lower()
+        unit = unit[:-1] if unit.endswith("b") else unit
+        value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise BadInputError(f"--max-shard-size must be positive, got {size!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a part file, declared before writing: name, safetensors dtype string, shape, byte size."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+    @classmethod
+    def of(cls, name: str, t: torch.Tensor) -> "TensorEntry":
+        return cls(name, st_dtype(t), tuple(t.shape), t.numel() * t.element_size())
+
+
+def split_parts(entries: Sequence[TensorEntry], max_bytes: int) -> list[list[TensorEntry]]:
+    """Greedy, order-keeping split into parts of at most `max_bytes` of tensor data
+    (a tensor larger than that gets a part of its own). Never returns an empty part."""
+    parts: list[list[TensorEntry]] = []
+    current: list[TensorEntry] = []
+    size = 0
+    for e in entries:
+        if current and size + e.nbytes > max_bytes:
+            parts.append(current)
+            current, size = [], 0
+        current.append(e)
+        size += e.nbytes
+    if current:
+        parts.append(current)
+    return parts
+
+
+def safetensors_header(entries: Sequence[TensorEntry], metadata: dict[str, str] | None = None) -> bytes:
+    """The 8-byte length + JSON header of a safetensors file holding `entries` in order.
+    Padded with spaces so that tensor data starts 8-byte aligned. Deterministic (no timestamps)."""
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for e in entries:
+        if e.name in header:
+            raise ValueError(f"tensor {e.name!r} declared twice in one part")
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(len(raw) + 8) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+# ----------------------------------------------------------------------------- OS errors and paths
+
+_ENV_ERRNOS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+
+
+def environment_error(exc: OSError, path: Path | str, doing: str = "writing") -> Exception:
+    """Map an OSError to the moepack error a user sees: EnvironmentError_ (exit 4) with a one-line
+    message naming the file for disk-full / quota / permission / read-only; other OSErrors unchanged."""
+    what = _ENV_ERRNOS.get(exc.errno)
+    if what is None:
+        return exc
+    err = EnvironmentError_(f"{what} while {doing} {path}")
+    err.__cause__ = exc
+    return err
+
+
+def is_plain_name(name: object) -> bool:
+    """True for a plain file name: a non-empty string, no separators or NUL, not '.', '..' or absolute."""
+    return (isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name
+            and "\\" not in name and "\0" not in name and not os.path.isabs(name))
+
+
+def plain_name(name: str) -> str:
+    """`name` if it is a plain file name (see is_plain_name), else BadInputError."""
+    if not is_plain_name(name):
+        raise BadInputError(f"output file name {name!r} is not a plain file name inside OUT")
+    return name
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an OUT that is a symlink or contains one anywhere below it (BadInputError naming it)."""
+    out = Path(out)
+    if out.is_symlink():
+        raise BadInputError(f"OUT {out} is a symlink; give the real folder")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BadInputError(f"OUT {out} exists and is not a folder")
+    for dirpath, dirnames, filenames in os.walk(out):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            if p.is_symlink():
+                raise BadInputError(f"OUT contains a symlink: {p}; moepack never writes through links")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, buf: memoryview) -> None:
+    while len(buf):
+        n = os.write(fd, buf)
+        buf = buf[n:]
+
+
+def remove_temp_files(out: Path) -> list[str]:
+    """Delete leftover `.*.tmp` files in OUT (from a killed run). Returns their names."""
+    removed = []
+    for p in Path(out).iterdir():
+        if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX) and not p.is_symlink() and p.is_file():
+            p.unlink()
+            removed.append(p.name)
+    return sorted(removed)
+
+
+def _create_exclusive(path: Path) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    return os.open(path, flags, 0o644)
+
+
+def write_file_atomic(out: Path, name: str, data: bytes) -> None:
+    """Write a small file OUT/name atomically: temp name, fsync, rename, fsync OUT."""
+    out = Path(out)
+    final = out / plain_name(name)
+    tmp = out / f".{name}{TEMP_SUFFIX}"
+    fd = None
+    try:
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+        fd = _create_exclusive(tmp)
+        _write_all(fd, memoryview(data))
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
+        if final.is_symlink():
+            raise BadInputError(f"{final} is a symlink; moepack never writes through links")
+        os.replace(tmp, final)
+        fsync_dir(out)
+    except OSError as exc:
+        raise environment_error(exc, final) from exc
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ----------------------------------------------------------------------------- hashing in a thread
+
+class _HashThread:
+    """sha256 of a sequence of keyed byte streams, computed in a background thread.
+
+    `begin(key)`, `update(buf)` ..., and `result()` -> {key: hexdigest} after `close()`.
+    The bounded queue keeps at most a few chunks alive (they are views, not copies)."""
+
+    def __init__(self) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=8)
+        self._digests: dict[str, str] = {}
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        key, h = None, None
+        while True:
+            item = self._q.get()
+            if item is None:
+                break
+            if self._error is not None:
+                continue
+            try:
+                if isinstance(item, str):
+                    if key is not None:
+                        self._digests[key] = h.hexdigest()
+                    key, h = item, hashlib.sha256()
+                else:
+                    h.update(item)
+            except BaseException as exc:  # pragma: no cover - hashlib does not fail on bytes
+                self._error = exc
+        if key is not None:
+            self._digests[key] = h.hexdigest()
+
+    def begin(self, key: str) -> None:
+        self._q.put(key)
+
+    def update(self, buf) -> None:
+        self._q.put(buf)
+
+    def close(self) -> dict[str, str]:
+        if not self._closed:
+            self._closed = True
+            self._q.put(None)
+            self._thread.join()
+        if self._error is not None:  # pragma: no cover
+            raise self._error
+        return self._digests
+
+
+# ----------------------------------------------------------------------------- part writer
+
+@dataclass
+class WrittenFile:
+    """What a finished part file holds: its name, size, sha256 and each tensor's dtype, shape and sha256."""
+
+    name: str
+    size: int
+    sha256: str
+    tensors: dict[str, dict] = field(default_factory=dict)   # name -> {"dtype", "shape", "sha256"}
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256, "tensors": self.tensors}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "WrittenFile":
+        return cls(d["name"], int(d["size"]), d["sha256"], dict(d["tensors"]))
+
+
+class PartWriter:
+    """Writes one safetensors file OUT/name whose tensors are declared up front, in write order.
+
+        with PartWriter(out, "model-rank-0-part-0.safetensors", entries) as w:
+            w.write("a", tensor_a); w.write_raw("b", chunks)
+        w.result -> WrittenFile
+
+    Leaving the `with` block by an exception removes the temp file and leaves no final file.
+    OSErrors for disk full / quota / permission / read-only become EnvironmentError_ naming the file.
+    """
+
+    def __init__(self, out: Path | str, name: str, entries: Sequence[TensorEntry],
+                 metadata: dict[str, str] | None = None) -> None:
+        self.out = Path(out)
+        self.name = plain_name(name)
+        self.final = self.out / name
+        self.temp = self.out / f".{name}{TEMP_SUFFIX}"
+        self.entries = list(entries)
+        self._next = 0
+        self._size = 0
+        self._fd: int | None = None
+        self.result: WrittenFile | None = None
+        self._file_hash = _HashThread()
+        self._file_hash.begin("file")
+        self._tensor_hash = _HashThread()
+        try:
+            if self.temp.is_symlink() or self.temp.exists():
+                self.temp.unlink()
+            self._fd = _create_exclusive(self.temp)
+            self._put(memoryview(safetensors_header(self.entries, metadata)), tensor=False)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise environment_error(exc, self.final) from exc
+            raise
+
+    # -- internals
+    def _put(self, buf: memoryview, tensor: bool) -> None:
+        for i in range(0, max(len(buf), 1), CHUNK):
+            chunk = buf[i:i + CHUNK]
+            if not len(chunk):
+                break
+            _write_all(self._fd, chunk)
+            self._file_hash.update(chunk)
+            if tensor:
+                self._tensor_hash.update(chunk)
+            self._size += len(chunk)
+
+    def _expect(self, name: str, dtype: str | None, shape: tuple[int, ...] | None) -> TensorEntry:
+        if self._fd is None:
+            raise RuntimeError(f"part {self.name} is closed")
+        if self._next >= len(self.entries):
+            raise RuntimeError(f"part {self.name}: tensor {name!r} was not declared")
+        e = self.entries[self._next]
+        if e.name != name or (dtype is not None and dtype != e.dtype) or (shape is not None and shape != e.shape):
+            raise RuntimeError(f"part {self.name}: expected {e.name} {e.dtype}{list(e.shape)}, "
+                               f"got {name} {dtype}{list(shape) if shape is not None else ''}")
+        return e
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise environment_error(exc, self.final) from exc
+            raise
+
+    # -- public
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write the next declared tensor (its dtype and shape must match the declaration)."""
+        self._guard(self._write, name, tensor)
+
+    def _write(self, name: str, tensor: torch.Tensor) -> None:
+        e = self._expect(name, st_dtype(tensor), tuple(tensor.shape))
+        self._tensor_hash.begin(e.name)
+        self._put(tensor_bytes(tensor), tensor=True)
+        self._next += 1
+
+    def write_raw(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
+        """Write the next declared tensor from raw bytes (e.g. copied from a source file)."""
+        self._guard(self._write_raw, name, chunks)
+
+    def _write_raw(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
+        e = self._expect(name, None, None)
+        self._tensor_hash.begin(e.name)
+        start = self._size
+        for c in chunks:
+            self._put(memoryview(c).cast("B"), tensor=True)
+        if self._size - start != e.nbytes:
+            raise RuntimeError(f"part {self.name}: tensor {name} got {self._size - start} bytes, declared {e.nbytes}")
+        self._next += 1
+
+    def close(self) -> WrittenFile:
+        """Finish: check every declared tensor was written, fsync, rename to the final name, fsync OUT."""
+        return self._guard(self._close)
+
+    def _close(self) -> WrittenFile:
+        if self._next != len(self.entries):
+            raise RuntimeError(f"part {self.name}: {len(self.entries) - self._next} declared tensors not written")
+        digest = self._file_hash.close()["file"]
+        tensor_digests = self._tensor_hash.close()
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        if self.final.is_symlink():
+            raise BadInputError(f"{self.final} is a symlink; moepack never writes through links")
+        os.replace(self.temp, self.final)
+        fsync_dir(self.out)
+        tensors = {e.name: {"dtype": e.dtype, "shape": list(e.shape), "sha256": tensor_digests[e.name]}
+                   for e in self.entries}
+        self.result = WrittenFile(self.name, self._size, digest, tensors)
+        return self.result
+
+    def abort(self) -> None:
+        """Drop the temp file (idempotent). The final file, if an earlier run made it, is left alone."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        for t in (self._file_hash, self._tensor_hash):
+            try:
+                t.close()
+            except BaseException:  # pragma: no cover
+                pass
+        try:
+            if self.temp.exists() or self.temp.is_symlink():
+                self.temp.unlink()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self.result is None:
+            self.close()
+
+
+# ----------------------------------------------------------------------------- the output lock
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutputLock:
+    """An exclusive lock on OUT: the file OUT/.moepack.lock holding "pid hostname".
+
+    Taken atomically (the content is written to a private temp file, then hard-linked to the lock
+    name, which fails if the lock exists). A lock of this host whose pid is dead is stale and taken
+    over; a live one raises EnvironmentError_ "another convert is writing to OUT (pid N)".
+
+        with OutputLock(out):
+            ...
+    """
+
+    def __init__(self, out: Path | str) -> None:
+        self.out = Path(out)
+        self.path = self.out / LOCK_NAME
+        self.held = False
+        self._token = f"{os.getpid()} {socket.gethostname()}\n"
+
+    def _holder(self) -> tuple[int | None, str | None]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None, None
+        parts = text.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            return int(parts[0]), parts[1]
+        return None, None
+
+    def acquire(self) -> "OutputLock":
+        if self.path.is_symlink():
+            raise BadInputError(f"lock file {self.path} is a symlink; remove it")
+        tmp = self.out / f".moepack.lock.{os.getpid()}{TEMP_SUFFIX}"
+        try:
+            if tmp.exists():
+                tmp.unlink()
+            fd = _create_exclusive(tmp)
+            try:
+                _write_all(fd, memoryview(self._token.encode()))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)
+                    self.held = True
+                    return self
+                except FileExistsError:
+                    pid, host = self._holder()
+                    if pid is not None and host == socket.gethostname() and not _pid_alive(pid):
+                        self._take_over_stale(pid)
+                        continue
+                    who = f"pid {pid}" if pid is not None else "unknown pid"
+                    if host not in (None, socket.gethostname()):
+                        who += f" on {host}"
+                    raise EnvironmentError_(
+                        f"another convert is writing to {self.out} ({who}); lock file {self.path}") from None
+            raise EnvironmentError_(f"could not take the lock {self.path} (it keeps changing)")
+        except OSError as exc:
+            raise environment_error(exc, self.path, "locking") from exc
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def _take_over_stale(self, pid: int) -> None:
+        # rename the stale lock to a unique name first, so two takers cannot both remove a fresh lock
+        grave = self.out / f".moepack.lock.stale.{os.getpid()}{TEMP_SUFFIX}"
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return
+        try:
+            text = grave.read_text().split()
+            if text and text[0] != str(pid):   # someone replaced it meanwhile: put it back if we can
+                try:
+                    os.link(grave, self.path)
+                except FileExistsError:
+                    pass
+        finally:
+            grave.unlink()
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        try:
+            if self.path.read_text() == self._token:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
