@@ -19,6 +19,7 @@ tensors stay memory-mapped; on a GPU only this rank's files and the shared tenso
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch
 
 from .. import __version__
 from ..convert.manifest import MANIFEST_NAME, Manifest, safe_member
-from ..errors import EnvironmentError_, ManifestError, TargetMismatchError, VerificationError
+from ..errors import BadInputError, EnvironmentError_, ManifestError, TargetMismatchError, VerificationError
 from ..layouts.transform import Chain
 from ..verify.hashing import hash_files
 from ..verify.headers import Header, HeaderError, read_header
@@ -74,12 +75,16 @@ class RankCheckpoint:
 def load(out, rank: int = 0, device="cpu", check: str = "fast", allow_emulation: bool = False) -> RankCheckpoint:
     """Validate and load rank `rank` of the converted folder `out` onto `device` (see the module docstring)."""
     if check not in CHECKS:
-        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+        raise BadInputError(f"check must be one of {', '.join(CHECKS)}, got {check!r}")
     root = Path(out)
     manifest = Manifest.load(root).data        # schema version, structure, file names inside OUT
     check_compatible(manifest, root / MANIFEST_NAME)
     entry = rank_entry(manifest, rank)
-    dev = torch.device(device)
+    rank = int(entry["rank"])
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise BadInputError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N)") from None
     execution = check_device(manifest["target"], dev, allow_emulation)
 
     expert_records, chains = expert_records_of(manifest, rank)
@@ -108,6 +113,8 @@ def _device_arch(dev: torch.device) -> str:
         return dev.type
     if not torch.cuda.is_available():
         raise EnvironmentError_(f"device {dev}: CUDA/ROCm is not available in this torch build or machine")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise EnvironmentError_(f"device {dev}: only {torch.cuda.device_count()} GPU(s) visible")
     props = torch.cuda.get_device_properties(dev)
     if torch.version.hip is not None:
         return str(getattr(props, "gcnArchName", "gfx")).split(":")[0]
@@ -193,7 +200,11 @@ def rank_entry(manifest: dict, rank: int) -> dict:
     """The manifest's `parallel.ranks` entry of `rank`; out of range -> TargetMismatchError naming the range."""
     par = manifest["parallel"]
     world = par["world_size"]
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world:
+    try:
+        rank = operator.index(rank)
+    except TypeError:
+        raise TargetMismatchError(f"rank must be an integer in 0..{world - 1}, got {rank!r}") from None
+    if isinstance(rank, bool) or not 0 <= rank < world:
         raise TargetMismatchError(f"rank {rank!r} is out of range: this folder was converted for "
                                   f"world_size {world} (tp={par.get('tp')}, ep={par.get('ep')}), valid ranks 0..{world - 1}")
     return par["ranks"][rank]          # Manifest.validate: entry i is rank i

@@ -244,3 +244,23 @@ def test_symlink_escaping_out_refused_never_opened(gpt_tp2, no_open_outside):
         load(gpt_tp2, rank=0)
     assert old in _one_line(e) and "symlink" in str(e.value)
     assert no_open_outside == []
+
+
+# --- flags ---------------------------------------------------------------------------------------
+
+def test_bad_check_and_device_flags_named(converted):
+    from moepack.errors import BadInputError
+    folder = converted("gpt-oss", tp=2)
+    with pytest.raises(BadInputError) as e:
+        load(folder, check="paranoid")
+    assert "paranoid" in _one_line(e)
+    with pytest.raises(BadInputError) as e:
+        load(folder, device="gpu7")
+    assert "gpu7" in _one_line(e)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_requested_without_a_gpu_is_an_environment_error(converted):
+    with pytest.raises(EnvironmentError_) as e:
+        load(converted("gpt-oss", tp=2), device="cuda")
+    assert "cuda" in _one_line(e)
