@@ -1,0 +1,58 @@
+"""Run `moepack ARGS` in a subprocess with a fault at a chosen point of the writing (fault tests only).
+
+    python killpoint.py MODE ARGS...
+
+MODE (the writes counted are `moepack.convert.writer._write_all` calls, the renames `os.replace` calls):
+- `count:FILE`    run normally; write {"writes": n, "replaces": n} to FILE at exit;
+- `kill:write:N`  SIGKILL this process at the start of the N-th write;
+- `kill:replace:N` SIGKILL this process just before the N-th rename;
+- `pause:READY:GO` at the first write, create READY and wait (up to 60 s) until GO exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def _install(mode: str) -> None:
+    import moepack.convert.writer as writer
+
+    counts = {"writes": 0, "replaces": 0}
+    real_write, real_replace = writer._write_all, os.replace
+    kind, _, arg = mode.partition(":")
+    target, _, nth = arg.partition(":")
+
+    def write_all(fd, buf):
+        counts["writes"] += 1
+        if kind == "kill" and target == "write" and counts["writes"] == int(nth):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "pause" and counts["writes"] == 1:
+            ready, go = Path(target), Path(nth)
+            ready.touch()
+            deadline = time.monotonic() + 60
+            while not go.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return real_write(fd, buf)
+
+    def replace(src, dst, *a, **k):
+        counts["replaces"] += 1
+        if kind == "kill" and target == "replace" and counts["replaces"] == int(nth):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst, *a, **k)
+
+    writer._write_all = write_all
+    os.replace = replace
+    if kind == "count":
+        import atexit
+        atexit.register(lambda: Path(arg).write_text(json.dumps(counts)))
+
+
+if __name__ == "__main__":
+    _install(sys.argv[1])
+    from moepack.cli import main
+
+    main(sys.argv[2:])

@@ -1,0 +1,205 @@
+"""Writing OUT under faults: a full disk or a refused write stops `convert` with exit 4 and one line
+naming the file; SIGKILL at any point leaves no manifest and `--resume` finishes with the same hashes as
+a clean run; a second convert into the same OUT is refused (exit 4); OUT that is or holds a symlink is
+refused (exit 2) and nothing behind the link changes."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from moepack.verify import verify
+
+from .expect import BAD_INPUT, ENVIRONMENT, assert_nothing_accepted, assert_refused, leftovers
+
+KILLPOINT = Path(__file__).with_name("killpoint.py")
+TARGET = ["--backend", "triton", "--hardware", "h100", "--tp", "2", "--no-progress"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def convert_args(src, out, *extra):
+    return ["convert", str(src), str(out), *TARGET, *extra]
+
+
+def in_subprocess(mode: str, *args, wait: bool = True):
+    cmd = [sys.executable, str(KILLPOINT), mode, *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def content_hashes(out: Path) -> dict:
+    """Every recorded hash of a finished conversion: files (not the manifest) and tensors per rank."""
+    m = json.loads((out / "manifest.json").read_text())
+    return {"files": {n: (r["size"], r["sha256"]) for n, r in m["files"].items()},
+            "experts": {e["name"]: [r["sha256"] for r in e["ranks"]] for e in m["experts"]},
+            "shared": {n: r["sha256"] for n, r in m["shared"].items()}}
+
+
+def can_mount_tmpfs(path: Path, options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    return r.returncode == 0
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+# ------------------------------------------------------------------------------------------ disk full
+
+def test_disk_full_during_a_part_stops_with_exit_4_naming_the_file(cli, example_ckpt, tmp_path, monkeypatch):
+    import moepack.convert.writer as writer
+
+    calls = {"n": 0}
+    real = writer._write_all
+
+    def full_disk(fd, buf):
+        calls["n"] += 1
+        if calls["n"] == 2:                     # a part's header went out; its tensor bytes do not fit
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, buf)
+
+    monkeypatch.setattr(writer, "_write_all", full_disk)
+    out = tmp_path / "out"
+    line = assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), out)), ENVIRONMENT, "disk full", str(out))
+    assert ".safetensors" in line or "manifest.json" in line, line
+    assert_nothing_accepted(out)
+    assert leftovers(out) == [], "a failed part left its temp file"
+
+
+def test_real_tiny_tmpfs_filling_up_stops_with_exit_4(cli, example_ckpt, tmp_path):
+    mnt = tmp_path / "small-disk"
+    if not can_mount_tmpfs(mnt, "size=128k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        out = mnt / "out"
+        assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), out)), ENVIRONMENT, "disk full", str(out))
+        assert_nothing_accepted(out)
+    finally:
+        umount(mnt)
+
+
+# ------------------------------------------------------------------------------------------ permission denied
+
+def test_permission_denied_creating_a_part_stops_with_exit_4(cli, example_ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_open = os.open
+
+    def guarded_open(path, flags, *a, **k):
+        if (flags & os.O_CREAT) and Path(path).parent == out and Path(path).name != ".moepack.lock":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), out)), ENVIRONMENT, "permission denied", str(out))
+    monkeypatch.undo()
+    assert_nothing_accepted(out)
+
+
+def test_read_only_out_filesystem_stops_with_exit_4(cli, example_ckpt, tmp_path):
+    mnt = tmp_path / "ro"
+    if not can_mount_tmpfs(mnt, "size=1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (mnt / "out").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, capture_output=True)
+        out = mnt / "out"
+        assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), out)), ENVIRONMENT, str(out))
+        assert list(out.iterdir()) == []
+    finally:
+        umount(mnt)
+
+
+# ------------------------------------------------------------------------------------------ SIGKILL + resume
+
+def test_sigkill_at_random_points_then_resume_gives_the_clean_hashes(example_ckpt, tmp_path, cli):
+    src = example_ckpt("gpt-oss")
+    clean = tmp_path / "clean"
+    counts_file = tmp_path / "counts.json"
+    r = in_subprocess(f"count:{counts_file}", *convert_args(src, clean))
+    assert r.returncode == 0, r.stderr
+    counts = json.loads(counts_file.read_text())
+    assert counts["writes"] >= 3 and counts["replaces"] >= 3, counts
+    want = content_hashes(clean)
+
+    rng = random.Random(7)
+    points = [("write", rng.randint(2, counts["writes"] - 1)),
+              ("replace", rng.randint(1, counts["replaces"] - 1)),
+              ("replace", counts["replaces"])]                   # the manifest's own rename: the last one
+    for kind, nth in points:
+        out = tmp_path / f"killed-{kind}-{nth}"
+        r = in_subprocess(f"kill:{kind}:{nth}", *convert_args(src, out))
+        assert r.returncode == -9, f"not killed at {kind} {nth}: rc {r.returncode} {r.stderr}"
+        assert not (out / "manifest.json").exists(), f"killed at {kind} {nth} but a manifest exists"
+        assert_nothing_accepted(out)
+        res = cli(*convert_args(src, out, "--resume"))
+        assert res.code == 0, f"--resume after a kill at {kind} {nth}: {res.err}"
+        assert content_hashes(out) == want, f"--resume after a kill at {kind} {nth} differs from a clean run"
+        assert leftovers(out) == []
+        assert verify(out, source=src, level="full", progress=False).ok
+
+
+def test_killed_out_without_resume_is_refused_naming_the_flags(cli, example_ckpt, tmp_path):
+    src = example_ckpt("gpt-oss")
+    out = tmp_path / "out"
+    r = in_subprocess("kill:replace:2", *convert_args(src, out))
+    assert r.returncode == -9
+    assert_refused(cli(*convert_args(src, out)), BAD_INPUT, str(out), "--resume", "--overwrite")
+    assert_nothing_accepted(out)
+
+
+# ------------------------------------------------------------------------------------------ two at once
+
+@pytest.mark.parametrize("flag", [None, "--overwrite"])
+def test_second_convert_into_the_same_out_is_refused_with_exit_4(cli, example_ckpt, tmp_path, flag):
+    src = example_ckpt("gpt-oss")
+    out, ready, go = tmp_path / "out", tmp_path / "ready", tmp_path / "go"
+    first = in_subprocess(f"pause:{ready}:{go}", *convert_args(src, out), wait=False)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready.exists(), f"first convert never started writing: {first.communicate()}"
+        extra = [flag] if flag else ["--resume"]
+        assert_refused(cli(*convert_args(src, out, *extra)), ENVIRONMENT, str(out), "another convert")
+    finally:
+        go.touch()
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert verify(out, source=src, level="full", progress=False).ok, "the second convert damaged the first's output"
+
+
+# ------------------------------------------------------------------------------------------ symlinks
+
+def test_out_that_is_a_symlink_is_refused(cli, example_ckpt, tmp_path):
+    real = tmp_path / "real-out"
+    real.mkdir()
+    link = tmp_path / "out"
+    link.symlink_to(real)
+    assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), link)), BAD_INPUT, str(link), "symlink")
+    assert list(real.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
+def test_out_holding_a_symlink_is_refused_and_its_target_untouched(cli, example_ckpt, tmp_path, flag):
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model-rank-0-part-0.safetensors").symlink_to(victim)   # where convert would write rank 0
+    assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), out, flag)), BAD_INPUT, "symlink",
+                   "model-rank-0-part-0.safetensors")
+    assert victim.read_bytes() == b"precious"
+    assert (out / "model-rank-0-part-0.safetensors").is_symlink()
+    assert_nothing_accepted(out)
