@@ -264,3 +264,32 @@ def test_cuda_requested_without_a_gpu_is_an_environment_error(converted):
     with pytest.raises(EnvironmentError_) as e:
         load(converted("gpt-oss", tp=2), device="cuda")
     assert "cuda" in _one_line(e)
+
+
+# --- the target-vs-device table (device properties faked) ---------------------------------------
+
+FI_H100 = {"backend": "flashinfer-cutlass", "hardware": "h100", "arch": "sm90"}
+AITER_MI355 = {"backend": "aiter", "hardware": "mi355x", "arch": "gfx950"}
+TRITON_H100 = {"backend": "triton", "hardware": "h100", "arch": "sm90"}
+
+
+@pytest.mark.parametrize("target,arch,hip,expect", [
+    (FI_H100, "sm90", None, "flashinfer"),          # its own hardware: the vendor hook
+    (FI_H100, "sm100", None, None),                 # a B200 is not an H100
+    (FI_H100, "gfx950", "6.4", None),               # ROCm
+    (AITER_MI355, "gfx950", "6.4", "aiter"),
+    (AITER_MI355, "gfx942", "6.4", None),           # an MI300X is not an MI355X
+    (AITER_MI355, "sm90", None, None),
+    (TRITON_H100, "sm100", None, "triton"),         # the triton layout does not depend on the GPU
+])
+def test_target_vs_device(monkeypatch, target, arch, hip, expect):
+    monkeypatch.setattr(loader_mod, "_device_arch", lambda dev: arch)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    dev = torch.device("cuda")
+    if expect is None:
+        with pytest.raises(TargetMismatchError) as e:
+            loader_mod.check_device(target, dev, allow_emulation=False)
+        assert target["arch"] in _one_line(e) and arch in str(e.value)
+        assert loader_mod.check_device(target, dev, allow_emulation=True) == Execution("reference", emulated=True)
+    else:
+        assert loader_mod.check_device(target, dev, allow_emulation=False) == Execution(expect)
