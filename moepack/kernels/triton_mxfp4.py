@@ -7,7 +7,7 @@ the low nibbles against the activation columns of each chunk's first half, the h
 the second halves. No unpacked value is ever interleaved in registers.
 
 Two decoders: a portable one (any activation dtype, runs in the CPU interpreter) and, for bf16 on
-the GPU, inline PTX that turns 4 packed bytes into 8 scaled bf16 values in ~26 instructions.
+the GPU, inline PTX that turns 4 packed bytes into 8 scaled bf16 values in ~30 instructions.
 
 e2m1 -> float: the 3 magnitude bits placed at fp16 bits 9..11 and the sign at bit 15 give the FP4
 value times 2^-14 exactly (code 1 lands on the fp16 subnormal 2^-15); the e8m0 code s becomes the
@@ -39,19 +39,25 @@ def _decode(codes, scale, BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr, 
 # Hopper bf16 path: 4 packed bytes -> 4 low-nibble and 4 high-nibble bf16 values, already scaled.
 # prmt spreads bytes (b0, b1) to bits 0 and 16; shifts and masks put each nibble's magnitude at bf16
 # bits 6..8 and its sign at bit 15 (the FP4 value times 2^-126; code 1 is a bf16 subnormal, which
-# bf16x2 multiplication handles); one mul.bf16x2 by 2^(s - 1) = 2^(s - 127) * 2^126 scales a pair.
+# bf16x2 multiplication handles); mul.bf16x2 by 2^126 (0x7E80) makes it exact FP4, a second by the
+# bf16 2^(s - 127) (bits s << 7, so every code 1..254 is exact and 255 is NaN) applies the scale.
 _UNPACK_ASM = tl.constexpr("""
 {
-.reg .b32 y, m, s;
+.reg .b32 y, m, s, c;
+mov.b32 c, 0x7E807E80;
 prmt.b32 y, $4, 0, 0x4140;
 shl.b32 m, y, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 12; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 m, m, c;
 mul.rn.bf16x2 $0, m, $5;
 shl.b32 m, y, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 8; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 m, m, c;
 mul.rn.bf16x2 $2, m, $7;
 prmt.b32 y, $4, 0, 0x4342;
 shl.b32 m, y, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 12; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 m, m, c;
 mul.rn.bf16x2 $1, m, $6;
 shl.b32 m, y, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 8; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 m, m, c;
 mul.rn.bf16x2 $3, m, $8;
 }
 """)
@@ -59,8 +65,8 @@ mul.rn.bf16x2 $3, m, $8;
 
 @triton.jit
 def _expand_scale_bf16(scale, BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr):
-    """[BK/CH, BN] e8m0 codes -> [BN, BK/2] bf16 2^(s - 1), one per low/high-nibble element."""
-    s = ((scale.to(tl.int16) - 1) << 7).to(tl.bfloat16, bitcast=True)
+    """[BK/CH, BN] e8m0 codes -> [BN, BK/2] bf16 2^(s - 127), one per low/high-nibble element."""
+    s = (scale.to(tl.int16) << 7).to(tl.bfloat16, bitcast=True)
     s = tl.broadcast_to(tl.trans(s)[:, :, None], [BN, BK // CH, CH // 2])
     return tl.reshape(s, [BN, BK // 2])
 
