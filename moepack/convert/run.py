@@ -1,0 +1,389 @@
+"""`moepack convert`: stream a checkpoint into per-rank kernel-layout shards, then write manifest.json last.
+
+    convert(src, out, backend, hardware, tp=1, ep=1, ...) -> dict   (the manifest, plus "summary")
+
+Order of work: open + describe + plan (no tensor data read) -> refuse a non-empty OUT unless --resume /
+--overwrite -> take OUT's lock -> remove manifest.json (the folder is incomplete from here on) -> run the
+units (one canonical tensor of one layer in memory at a time per worker; each finished unit is recorded in a
+small journal file `.moepack-done-{unit}.json`) while a thread hashes the source files -> copy config and
+tokenizer files -> write manifest.json -> drop the journal. Killed at any point, OUT has no manifest;
+`--resume` keeps the units whose journal fingerprint matches the new plan and whose files still hash to the
+recorded sha256, and redoes the rest. Output bytes are deterministic (no timestamps in the parts).
+
+Test hook: the environment variable MOEPACK_KILL_AT="tensor:N" | "part:N" | "manifest" makes the process
+SIGKILL itself at the N-th tensor written / part finished, or just before writing the manifest.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import BadInputError, EnvironmentError_
+from ..formats.assemble import read_canonical
+from ..formats.detect import describe
+from ..layouts.targets import get_target
+from ..source.checkpoint import Checkpoint, sha256_file
+from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest
+from .plan import LAYOUT_VERSION, ConvertPlan, Unit, build_plan
+from .writer import (LOCK_NAME, TEMP_SUFFIX, OutputLock, PartWriter, WrittenFile, check_out_dir,
+                     environment_error, parse_size, remove_temp_files, write_file_atomic)
+
+JOURNAL_PREFIX = ".moepack-done-"
+_READ_CHUNK = 16 << 20
+_kill_counts: dict[str, int] = {}
+
+
+def _maybe_kill(event: str) -> None:
+    """Test hook (see module docstring): SIGKILL this process at a chosen event."""
+    spec = os.environ.get("MOEPACK_KILL_AT")
+    if not spec:
+        return
+    kind, _, n = spec.partition(":")
+    if kind != event:
+        return
+    _kill_counts[event] = _kill_counts.get(event, 0) + 1
+    if not n or _kill_counts[event] == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- units
+
+def _journal(out: Path, unit: Unit) -> Path:
+    return out / f"{JOURNAL_PREFIX}{unit.index}.json"
+
+
+def _read_source_bytes(root: Path, file: str, start: int, nbytes: int):
+    """Yield the bytes [start, start + nbytes) of a source file in chunks (no torch, any dtype)."""
+    fd = os.open(root / file, os.O_RDONLY)
+    try:
+        pos, end = start, start + nbytes
+        while pos < end:
+            chunk = os.pread(fd, min(_READ_CHUNK, end - pos), pos)
+            if not chunk:
+                from ..errors import SourceError
+                raise SourceError(f"{file}: truncated while copying (at byte {pos} of {end})")
+            yield chunk
+            pos += len(chunk)
+    finally:
+        os.close(fd)
+
+
+def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None) -> list[dict]:
+    """Write the files of one unit and its journal entry; returns [WrittenFile.to_json()] in file order.
+
+    Rank unit: for each item, read the canonical tensor, apply its chain, hand part r to rank r's writer.
+    Shared unit: copy each tensor's source bytes unchanged."""
+    out_p = Path(out)
+    ckpt = Checkpoint.open(root) if not unit.is_shared else None
+    metadata = {"format": "pt"}
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(PartWriter(out_p, f, unit.entries(), metadata)) for f in unit.files]
+        if unit.is_shared:
+            w = writers[0]
+            for s in unit.shared:
+                w.write_raw(s.entry.name, _read_source_bytes(Path(root), s.file, s.start, s.entry.nbytes))
+                _maybe_kill("tensor")
+                if on_bytes:
+                    on_bytes(s.entry.nbytes)
+        else:
+            for item in unit.items:
+                canonical = read_canonical(ckpt, item.canonical)
+                if device != "cpu":
+                    canonical = canonical.to(device)
+                parts = item.chain.apply(canonical)
+                del canonical
+                if len(parts) != len(writers):
+                    raise RuntimeError(f"{item.name}: chain gave {len(parts)} parts for {len(writers)} ranks")
+                for w, part in zip(writers, parts):
+                    w.write(item.name, part)
+                    _maybe_kill("tensor")
+                del parts
+                if on_bytes:
+                    on_bytes(item.stored.nbytes * len(writers))
+        results = [w.close() for w in writers]
+    if ckpt is not None:
+        ckpt.close()
+    records = [r.to_json() for r in results]
+    write_file_atomic(out_p, _journal(out_p, unit).name,
+                      json.dumps({"fingerprint": unit.fingerprint(), "files": records}).encode())
+    _maybe_kill("part")
+    return records
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _unit_is_done(out: Path, unit: Unit) -> list[dict] | None:
+    """The recorded files of a finished unit, if its journal matches this plan and its files still hash the same."""
+    j = _journal(out, unit)
+    if not j.is_file() or j.is_symlink():
+        return None
+    try:
+        rec = json.loads(j.read_text())
+        if rec.get("fingerprint") != unit.fingerprint():
+            return None
+        files = rec["files"]
+        if [f["name"] for f in files] != list(unit.files):
+            return None
+        for f in files:
+            p = out / f["name"]
+            if p.is_symlink() or not p.is_file() or p.stat().st_size != f["size"] or sha256_file(p) != f["sha256"]:
+                return None
+        return files
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# ----------------------------------------------------------------------------- OUT handling
+
+def _moepack_owned(name: str, extra_names: set[str]) -> bool:
+    return (name == MANIFEST_NAME or name in extra_names or name.startswith(".moepack")
+            or (name.startswith(".") and name.endswith(TEMP_SUFFIX))
+            or (name.startswith(("model-rank-", "shared-part-")) and name.endswith(".safetensors")))
+
+
+def _prepare_out(out: Path, src_root: Path, extra_names: set[str], resume: bool, overwrite: bool) -> None:
+    """Refuse a bad OUT (symlinks, a file, the source itself, non-empty without --resume/--overwrite)."""
+    check_out_dir(out)
+    if out.exists() and out.resolve() == src_root.resolve():
+        raise BadInputError(f"OUT {out} is the source folder; choose another folder")
+    if out.exists():
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not (resume or overwrite):
+            raise BadInputError(f"OUT {out} is not empty ({len(entries)} entries, e.g. {entries[0]}); "
+                                "pass --resume to continue an interrupted convert or --overwrite to replace it")
+        foreign = [n for n in entries if not _moepack_owned(n, extra_names) or (out / n).is_dir()]
+        if foreign and overwrite:
+            raise BadInputError(f"--overwrite refused: OUT {out} holds {foreign[0]!r}, which moepack did not write")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise environment_error(exc, out, "creating") from exc
+
+
+def _clear_out(out: Path, extra_names: set[str], keep_journal: bool) -> None:
+    """Remove moepack's files from OUT: the manifest first (the folder stops counting as complete)."""
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for p in sorted(out.iterdir()):
+        if p.name == LOCK_NAME or p.is_dir():
+            continue
+        if keep_journal and (p.name.startswith(JOURNAL_PREFIX) or p.suffix == ".safetensors"):
+            continue
+        if _moepack_owned(p.name, extra_names):
+            p.unlink()
+
+
+# ----------------------------------------------------------------------------- manifest
+
+def _versions() -> dict:
+    import safetensors
+    return {"moepack": __version__, "torch": torch.__version__, "safetensors": safetensors.__version__,
+            "python": platform.python_version()}
+
+
+def build_manifest(plan: ConvertPlan, ckpt: Checkpoint, written: dict[str, dict], extra: dict[str, dict],
+                   source_files: list[dict], variant: str | None) -> dict:
+    """The manifest dict (docs/DESIGN.md) from the plan and the written files' records."""
+    desc, target = plan.desc, plan.target
+    first = plan.layer_plans[desc.moe_layers[0].index]
+    summary = desc.summary()
+    files: dict[str, dict] = {}
+    for u in plan.units:
+        for r, f in enumerate(u.files):
+            files[f] = {"rank": None if u.is_shared else r, "size": written[f]["size"], "sha256": written[f]["sha256"]}
+    files.update(extra)
+    unit_of = {it.name: u for u in plan.rank_units for it in u.items}
+    experts = []
+    for it in plan.items:
+        u = unit_of[it.name]
+        experts.append({
+            "layer": it.layer, "role": it.role, "name": it.name,
+            "logical_shape": list(it.canonical.shape), "logical_dtype": it.canonical.dtype,
+            "sources": [{"name": p.name, "expert": p.expert, "rows": list(p.rows), "shape": list(p.shape),
+                         "dtype": p.dtype} for p in it.canonical.pieces],
+            "chain": it.chain.to_json(),
+            "ranks": [{"file": f, "dtype": it.stored.dtype, "shape": list(it.stored.shape),
+                       "sha256": written[f]["tensors"][it.name]["sha256"]} for f in u.files]})
+    shared = {}
+    for u in plan.shared_units:
+        f = u.files[0]
+        for s in u.shared:
+            shared[s.entry.name] = {"file": f, "dtype": s.entry.dtype, "shape": list(s.entry.shape),
+                                    "sha256": written[f]["tensors"][s.entry.name]["sha256"]}
+    target_json = {"backend": target.backend, "hardware": target.hardware, "arch": target.arch,
+                   "quant": target.quant, "layout_version": getattr(target, "layout_version", LAYOUT_VERSION),
+                   "variant": target.variant}
+    return {
+        "moepack_manifest": SCHEMA_VERSION,
+        "tool": _versions(),
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": {**ckpt.source.to_json(), "family": desc.family, "files": source_files},
+        "target": target_json,
+        "parallel": {"tp": plan.tp, "ep": plan.ep, "world_size": plan.world_size,
+                     "ranks": [{"rank": ri.rank, "ep_rank": ri.ep_rank, "tp_rank": ri.tp_rank,
+                                "experts": list(ri.experts), "files": plan.rank_files(ri.rank)} for ri in first.ranks]},
+        "model": {**{k: summary[k] for k in ("family", "quant", "num_layers", "moe_layers", "num_experts", "hidden",
+                                             "intermediate", "arrangement", "has_bias", "activation", "routing")},
+                  "intermediate_per_rank": list(first.intermediate_per_rank),
+                  "intermediate_padded": first.intermediate_padded, "hidden_padded": first.hidden_padded,
+                  "top_k": desc.routing.top_k},
+        "files": files,
+        "experts": experts,
+        "shared": shared,
+    }
+
+
+# ----------------------------------------------------------------------------- convert
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="convert",
+                            file=sys.stderr, dynamic_ncols=True)
+        self._lock = threading.Lock()
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            with self._lock:
+                self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_units(plan: ConvertPlan, out: Path, todo: list[Unit], workers: int, device: str,
+               progress: _Progress) -> dict[str, dict]:
+    written: dict[str, dict] = {}
+    if workers <= 1 or len(todo) <= 1:
+        for u in todo:
+            for rec in run_unit(str(plan.root), str(out), u, device, progress.update):
+                written[rec["name"]] = rec
+        return written
+    import multiprocessing as mp
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_unit, str(plan.root), str(out), u, device): u for u in todo}
+        try:
+            for fut in futures:
+                for rec in fut.result():
+                    written[rec["name"]] = rec
+                progress.update(futures[fut].nbytes)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return written
+
+
+def convert(src, out, backend: str, hardware: str, tp: int = 1, ep: int = 1, workers: int = 1,
+            revision: str | None = None, max_shard_size: int | str = "5GB", resume: bool = False,
+            overwrite: bool = False, dry_run: bool = False, device: str = "cpu", progress: bool = True,
+            variant: str | None = None) -> dict:
+    """Convert SRC (folder or Hub id) into OUT for a backend/hardware over tp ranks (ep expert groups).
+
+    Returns the manifest dict with an extra "summary" (out, files, bytes, padding_bytes, padding_fraction,
+    seconds, resumed_units, warnings); with dry_run, {"dry_run": True, "plan", "parts", "model_summary",
+    "source"} and nothing is written. Errors: BadInputError subclasses (exit 2), EnvironmentError_ (exit 4)."""
+    t0 = time.monotonic()
+    if resume and overwrite:
+        raise BadInputError("--resume and --overwrite exclude each other")
+    for flag, v in (("--tp", tp), ("--ep", ep), ("--workers", workers)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise BadInputError(f"{flag} must be a positive integer, got {v!r}")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise BadInputError(f"--device {device!r} must be cpu or cuda")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise EnvironmentError_(f"--device {device}: no CUDA device available")
+    shard_bytes = parse_size(max_shard_size)
+
+    ckpt = Checkpoint.open(src, revision)
+    desc = describe(ckpt)
+    target = get_target(backend, hardware, desc.quant, variant)
+    plan = build_plan(ckpt, desc, target, tp, ep, shard_bytes, workers)
+    from ..inspect import describe_json, plan_json
+    plan_view = plan_json(desc, backend, hardware, tp, ep, variant)
+    if dry_run:
+        return {"dry_run": True, "plan": plan_view, "parts": plan.summary(),
+                "model_summary": describe_json(ckpt, desc), "source": ckpt.source.to_json()}
+
+    out = Path(out)
+    extra_names = {p.name for p in ckpt.extra_files}
+    _prepare_out(out, Path(ckpt.root), extra_names, resume, overwrite)
+    with OutputLock(out):
+        check_out_dir(out)
+        _clear_out(out, extra_names, keep_journal=resume)
+        remove_temp_files(out)
+        done: dict[str, dict] = {}
+        todo: list[Unit] = []
+        for u in plan.units:
+            recs = _unit_is_done(out, u) if resume else None
+            if recs is None:
+                todo.append(u)
+            else:
+                done.update({r["name"]: r for r in recs})
+        hasher = _Background(ckpt.provenance, 1)
+        bar = _Progress(sum(u.nbytes for u in todo), progress)
+        try:
+            written = _run_units(plan, out, todo, workers, device, bar)
+        finally:
+            bar.close()
+        written.update(done)
+        extra: dict[str, dict] = {}
+        for p in ckpt.extra_files:
+            data = p.read_bytes()
+            write_file_atomic(out, p.name, data)
+            import hashlib
+            extra[p.name] = {"rank": None, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        data = build_manifest(plan, ckpt, written, extra, hasher.result(), variant)
+        stored = sum(f["size"] for f in data["files"].values())
+        data["summary"] = {
+            "out": str(out), "files": len(data["files"]) + 1, "bytes": stored,
+            "padding_bytes": plan_view["padding_bytes"],
+            "padding_fraction": plan_view["padding_bytes"] / plan_view["bytes"] if plan_view["bytes"] else 0.0,
+            "seconds": round(time.monotonic() - t0, 3), "resumed_units": len(plan.units) - len(todo),
+            "warnings": list(plan.warnings)}
+        _maybe_kill("manifest")
+        Manifest(data).save(out)
+        for u in plan.units:
+            _journal(out, u).unlink(missing_ok=True)
+    ckpt.close()
+    return data
+
+
+class _Background:
+    """Run fn(*args) in a thread (source hashing overlaps the conversion; hashlib releases the GIL)."""
+
+    def __init__(self, fn, *args) -> None:
+        self._value = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
