@@ -6,19 +6,7 @@ import shutil
 
 import pytest
 
-try:
-    from moepack.convert.run import convert
-except ImportError:  # TEMPORARY until convert lands: the verify tests' stand-in converter
-    import importlib.util
-    from pathlib import Path
-
-    _spec = importlib.util.spec_from_file_location(
-        "runtime_stand_in", Path(__file__).resolve().parent.parent / "verify" / "stand_in.py")
-    _mod = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_mod)
-
-    def convert(src, out, backend, hardware, tp=1, ep=1):
-        return _mod.stand_in_convert(src, out, backend, hardware, tp=tp, ep=ep)
+from moepack.convert.run import convert
 
 
 @pytest.fixture(scope="session")
