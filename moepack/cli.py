@@ -180,6 +180,7 @@ def verify(
     source: Optional[str] = typer.Option(None, "--source", help="The source checkpoint, to prove bit-exact reconstruction."),
     level: Level = typer.Option(Level.full, "--level", help="quick: files/headers; full: +hashes (+reconstruction with --source); numeric: +MoE numerics."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every row of every check, passing ones too."),
 ):
     """Prove a converted folder before deploying it. Exit 0 only if every check passes, 3 if one fails.
 
@@ -191,7 +192,7 @@ def verify(
     if as_json:
         _print_json(report.to_json())
     else:
-        render_report(report, _console())
+        render_report(report, _console(), verbose=verbose)
     if not report.ok:
         raise typer.Exit(3)
 

@@ -107,31 +107,45 @@ class Report:
         }
 
 
-def render_report(report: Report, console, max_ok_rows: int = 12) -> None:
-    """Print one rich table per check (tensor, rank, result, detail) and the one-line verdict.
-
-    Every failed or skipped row is shown; when a check has more than `max_ok_rows` passing rows
-    they are folded into one summary row."""
+def render_report(report: Report, console, verbose: bool = False) -> None:
+    """Print one summary row per check (passed / failed / skipped), then every failed row
+    (tensor, check, rank, detail), then the one-line verdict. `verbose` adds one table per check
+    with every row, passing ones included."""
     from rich.table import Table
 
     by_check: dict[str, list[Row]] = defaultdict(list)
     for r in report.rows:
         by_check[r.check].append(r)
     style = {OK: "green", FAIL: "bold red", SKIP: "yellow"}
-    for check in CHECKS:
+
+    summary = Table(title=f"verify --level {report.level}", title_justify="left")
+    for col in ("check", "what it proves", "ok", "failed", "skipped"):
+        summary.add_column(col, overflow="fold")
+    for check, what in CHECKS.items():
         rows = by_check.get(check)
         if not rows:
             continue
-        table = Table(title=f"{check}: {CHECKS[check]}", title_justify="left")
+        n = {k: sum(r.result == k for r in rows) for k in (OK, FAIL, SKIP)}
+        summary.add_row(check, what, f"[green]{n[OK]}[/]", f"[bold red]{n[FAIL]}[/]" if n[FAIL] else "0",
+                        f"[yellow]{n[SKIP]}[/]" if n[SKIP] else "0")
+    console.print(summary)
+
+    def table(title: str, rows: list[Row]):
+        t = Table(title=title, title_justify="left")
         for col in ("tensor / file", "check", "rank", "result", "detail"):
-            table.add_column(col, overflow="fold")
-        oks = [r for r in rows if r.result == OK]
-        shown = [r for r in rows if r.result != OK or len(oks) <= max_ok_rows]
-        for r in shown:
-            table.add_row(r.subject, r.check, "" if r.rank is None else str(r.rank),
-                          f"[{style[r.result]}]{r.result}[/]", r.detail)
-        if len(oks) > max_ok_rows:
-            table.add_row(f"({len(oks)} tensors/files)", check, "", f"[green]{OK}[/]", "all passed")
-        console.print(table)
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            t.add_row(r.subject, r.check, "" if r.rank is None else str(r.rank),
+                      f"[{style[r.result]}]{r.result}[/]", r.detail)
+        console.print(t)
+
+    if verbose:
+        for check in CHECKS:
+            if by_check.get(check):
+                table(f"{check}: {CHECKS[check]}", by_check[check])
+    else:
+        failed = [r for r in report.rows if r.result == FAIL]
+        if failed:
+            table("failed checks", failed)
     colour = "green" if report.ok else "bold red"
     console.print(f"[{colour}]{report.verdict}[/]", markup=True, highlight=False)
