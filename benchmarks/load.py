@@ -97,7 +97,8 @@ def source_with_transforms(src: Path, backend: str, hardware: str, tp: int, ep: 
 def convert_folder(src: Path, out: Path, backend: str, hardware: str, tp: int, ep: int) -> None:
     from moepack.convert.run import convert
 
-    convert(src, out, backend=backend, hardware=hardware, tp=tp, ep=ep)
+    convert(src, out, backend=backend, hardware=hardware, tp=tp, ep=ep, workers=min(4, os.cpu_count() or 1),
+            progress=False)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import time
 import torch
 
 from ..formats.model import Activation, Routing
-from ..numerics import FP8_BLOCK, dequant_fp8_block, dequant_mxfp4
+from ..numerics import FP8_BLOCK, dequant_fp8_block, dequant_mxfp4, quantize_fp8_e4m3
 from .loader import RankCheckpoint, load
 from .routing import route
 
@@ -81,21 +81,37 @@ def _activation64(gate: torch.Tensor | None, up: torch.Tensor, act: Activation) 
     raise ValueError(f"unknown activation {act.kind!r}")
 
 
+def _static_fp8(a: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """a rounded through float8_e4m3fn with a static per-tensor `scale` (saturating at +-448): q(a / s) * s."""
+    return quantize_fp8_e4m3(a / scale).to(torch.float64) * scale
+
+
 def dense_moe_float64(x: torch.Tensor, topk_weights: torch.Tensor, ids: torch.Tensor, experts: dict[str, torch.Tensor],
-                      quant: str, arrangement: str, activation: Activation, add_w2_bias: bool = True) -> torch.Tensor:
+                      quant: str, arrangement: str, activation: Activation, add_w2_bias: bool = True,
+                      static_input_scales: bool = False) -> torch.Tensor:
     """x [T, H], topk_weights [T, k], ids [T, k] (indices into dim 0 of `experts`, -1 skipped),
-    `experts`: role -> tensor ([E, R, ...] w13 rows in `arrangement`) -> [T, H] float64."""
+    `experts`: role -> tensor ([E, R, ...] w13 rows in `arrangement`) -> [T, H] float64.
+
+    `static_input_scales`: for fp8_tensor checkpoints, also round each GEMM's input through FP8 with the
+    checkpoint's static `w13_input_scale` (max over its gate/up entries) / `w2_input_scale`, saturating,
+    as the model defines them and the Triton kernel computes; the float reference path does not."""
     gate, up, down = dequant_experts(experts, quant, arrangement)
     b13 = experts.get("w13_bias")
     bgate, bup = _split_rows(b13.to(torch.float64), arrangement) if b13 is not None else (None, None)
     b2 = experts.get("w2_bias") if add_w2_bias else None
+    static = static_input_scales and quant == "fp8_tensor" and "w13_input_scale" in experts
+    if static:
+        in13 = experts["w13_input_scale"].to(torch.float64).reshape(up.shape[0], -1).amax(dim=1)    # [E]
+        in2 = experts["w2_input_scale"].to(torch.float64).reshape(-1)                               # [E]
     x64, w64, ids = x.to(torch.float64), topk_weights.to(torch.float64), ids.long()
     out = torch.zeros(x.shape[0], down.shape[1], dtype=torch.float64)
     for e in sorted(set(ids.flatten().tolist()) - {-1}):
         tok, slot = torch.nonzero(ids == e, as_tuple=True)
-        u = x64[tok] @ up[e].T + (bup[e] if bup is not None else 0)
-        g = None if gate is None else x64[tok] @ gate[e].T + (bgate[e] if bgate is not None else 0)
-        y = _activation64(g, u, activation) @ down[e].T
+        xe = _static_fp8(x64[tok], in13[e]) if static else x64[tok]
+        u = xe @ up[e].T + (bup[e] if bup is not None else 0)
+        g = None if gate is None else xe @ gate[e].T + (bgate[e] if bgate is not None else 0)
+        h = _activation64(g, u, activation)
+        y = (_static_fp8(h, in2[e]) if static else h) @ down[e].T
         if b2 is not None:
             y = y + b2[e].to(torch.float64)
         out.index_add_(0, tok, y * w64[tok, slot, None])
@@ -145,6 +161,7 @@ def run_smoke(out, rank: int | None = None, tokens: int = 8, device="cpu", seed:
     E, H, quant = int(model["num_experts"]), int(model["hidden"]), model["quant"]
     gen = torch.Generator().manual_seed(seed)
     act_dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
+    static = first.execution.kernel == "triton"       # the Triton kernel applies fp8_tensor's static input scales
     rows = []
     for layer in sorted(first.moe_layers):
         x = torch.randn(tokens, H, generator=gen).to(act_dtype).float()     # the reference sees the same x
@@ -164,12 +181,12 @@ def run_smoke(out, rank: int | None = None, tokens: int = 8, device="cpu", seed:
             total = y if total is None else total + y
         if rank is None:
             ref = dense_moe_float64(x, weights, ids, _canonical_layer(ranks, layer), quant,
-                                    model["arrangement"], activation)
+                                    model["arrangement"], activation, static_input_scales=static)
         else:
             ck = ranks[0]
             ref = dense_moe_float64(x, weights, ck.moe_layers[layer].local_ids(ids).cpu(), _rank_logical(ck, layer),
                                     quant, "up_only" if model["arrangement"] == "up_only" else "separate",
-                                    activation, add_w2_bias=ck.tp_rank == 0)
+                                    activation, add_w2_bias=ck.tp_rank == 0, static_input_scales=static)
         max_abs, rel = _rel_err(total, ref)
         tol = TOLERANCE.get(quant, 1e-1) if act_dtype == torch.bfloat16 else 1e-4
         rows.append({"layer": layer, "ranks": "all" if rank is None else rank, "tokens": tokens, "device": str(dev),

@@ -29,7 +29,8 @@ def test_triton_rank_sum_matches_source_float64(name, tp, ep, converted, example
     x = torch.randn(T, spec.hidden, generator=g).to(torch.bfloat16)
     ids = torch.stack([torch.randperm(spec.num_experts, generator=g)[:k] for _ in range(T)]).to(torch.int32)
     w = torch.softmax(torch.randn(T, k, generator=g), -1)
-    ref = dense_moe_float64(x.float(), w, ids, canonical, spec.quant, spec.arrangement, spec.activation)
+    ref = dense_moe_float64(x.float(), w, ids, canonical, spec.quant, spec.arrangement, spec.activation,
+                            static_input_scales=True)     # fp8_tensor: the checkpoint's static activation scales
     folder = converted(name, tp=tp, ep=ep)
     got = torch.zeros_like(ref)
     for r in range(tp):
@@ -39,6 +40,7 @@ def test_triton_rank_sum_matches_source_float64(name, tp, ep, converted, example
     assert float((got - ref).norm() / ref.norm()) < TOLERANCE[spec.quant]
 
 
-def test_smoke_on_cuda(converted):
-    rows = run_smoke(converted("gpt-oss", tp=2), tokens=16, device="cuda")
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_smoke_on_cuda(converted, name):
+    rows = run_smoke(converted(name, tp=2), tokens=16, device="cuda")
     assert rows and all(r["ok"] and r["kernel"] == "triton" for r in rows)
