@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..errors import BadInputError, EnvironmentError_
+from ..errors import BadInputError, EnvironmentError_, FormatError, SourceError
 from ..formats.assemble import read_canonical
 from ..formats.detect import describe
 from ..layouts.targets import get_target
+from ..numerics import E8M0_NAN
 from ..source.checkpoint import Checkpoint, sha256_file
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest
 from .plan import LAYOUT_VERSION, ConvertPlan, Unit, build_plan
@@ -72,12 +73,33 @@ def _read_source_bytes(root: Path, file: str, start: int, nbytes: int):
         while pos < end:
             chunk = os.pread(fd, min(_READ_CHUNK, end - pos), pos)
             if not chunk:
-                from ..errors import SourceError
                 raise SourceError(f"{file}: truncated while copying (at byte {pos} of {end})")
             yield chunk
             pos += len(chunk)
     finally:
         os.close(fd)
+
+
+def check_scale_values(ckpt: Checkpoint, ct, canonical: torch.Tensor) -> None:
+    """Refuse NaN / Inf scales (float scales) and e8m0 code 255 (NaN) before they are written:
+    FormatError naming the source tensor and its file. Scales are small; this costs nothing."""
+    if not ct.role.endswith("_scale"):
+        return
+    if canonical.dtype.is_floating_point and canonical.element_size() > 1:
+        bad = ~torch.isfinite(canonical)
+        what = "NaN or Inf"
+    else:
+        bad = canonical.view(torch.uint8) == E8M0_NAN
+        what = "e8m0 code 255 (NaN)"
+    if not bool(bad.any()):
+        return
+    for p in ct.pieces:
+        lo, hi = p.rows
+        region = bad[p.expert, lo:hi] if p.expert is not None else bad[:, lo:hi]
+        if bool(region.any()):
+            raise FormatError(f"{ckpt.info(p.name).file}: tensor {p.name}: scale holds {what} "
+                              f"({int(region.sum())} values); the checkpoint is damaged")
+    raise FormatError(f"{ct.role}: scale holds {what}")  # pragma: no cover - pieces cover the tensor
 
 
 def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None) -> list[dict]:
@@ -100,6 +122,7 @@ def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None
         else:
             for item in unit.items:
                 canonical = read_canonical(ckpt, item.canonical)
+                check_scale_values(ckpt, item.canonical, canonical)
                 if device != "cpu":
                     canonical = canonical.to(device)
                 parts = item.chain.apply(canonical)
