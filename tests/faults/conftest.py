@@ -33,15 +33,8 @@ def src_copy(example_ckpt, tmp_path):
 
 
 def convert_api(src, out, backend="triton", hardware="h100", tp=1, ep=1, **kwargs):
-    try:
-        from moepack.convert.run import convert
-    except ImportError:  # DEV-ONLY until convert lands (remove): the verify tests' stand-in
-        import importlib.util
-        from pathlib import Path
-        spec = importlib.util.spec_from_file_location("faults_stand_in", Path(__file__).parent.parent / "verify" / "stand_in.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.stand_in_convert(src, out, backend, hardware, tp, ep)
+    from moepack.convert.run import convert
+
     return convert(src, out, backend=backend, hardware=hardware, tp=tp, ep=ep, progress=False, **kwargs)
 
 

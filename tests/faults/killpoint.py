@@ -6,7 +6,8 @@ MODE (the writes counted are `moepack.convert.writer._write_all` calls, the rena
 - `count:FILE`    run normally; write {"writes": n, "replaces": n} to FILE at exit;
 - `kill:write:N`  SIGKILL this process at the start of the N-th write;
 - `kill:replace:N` SIGKILL this process just before the N-th rename;
-- `pause:READY:GO` at the first write, create READY and wait (up to 60 s) until GO exists.
+- `pause:READY:GO` at the first write into a `.safetensors` file (after the lock is taken), create READY
+  and wait (up to 60 s) until GO exists.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _install(mode: str) -> None:
         counts["writes"] += 1
         if kind == "kill" and target == "write" and counts["writes"] == int(nth):
             os.kill(os.getpid(), signal.SIGKILL)
-        if kind == "pause" and counts["writes"] == 1:
+        if kind == "pause" and ".safetensors" in os.readlink(f"/proc/self/fd/{fd}") and not Path(target).exists():
             ready, go = Path(target), Path(nth)
             ready.touch()
             deadline = time.monotonic() + 60
