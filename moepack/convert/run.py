@@ -122,6 +122,7 @@ def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None
         else:
             for item in unit.items:
                 canonical = read_canonical(ckpt, item.canonical)
+                ckpt.close()        # unmap the source files: touched mmap pages would count toward RSS
                 check_scale_values(ckpt, item.canonical, canonical)
                 if device != "cpu":
                     canonical = canonical.to(device)
