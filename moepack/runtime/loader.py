@@ -296,18 +296,19 @@ def verify_hashes(manifest: dict, records: list[TensorRecord], paths: dict[str, 
 
 
 def open_tensors(records: list[TensorRecord], paths: dict[str, Path], device: torch.device) -> dict[str, torch.Tensor]:
-    """Memory-map each file once (`safe_open`, no pickle) and take the listed tensors; copy to `device` if not CPU."""
+    """Open each file once with `safe_open` (memory-mapped, no pickle) and take the listed tensors: on CPU
+    they stay mapped; on a GPU safetensors copies each listed tensor straight to the device."""
     from safetensors import safe_open
 
     by_file: dict[str, list[str]] = {}
     for r in records:
         by_file.setdefault(r.file, []).append(r.name)
+    target = "cpu" if device.type == "cpu" else str(device)
     tensors = {}
     for file, names in by_file.items():
-        with safe_open(str(paths[file]), framework="pt", device="cpu") as f:
+        with safe_open(str(paths[file]), framework="pt", device=target) as f:
             for name in names:
-                t = f.get_tensor(name)
-                tensors[name] = t if device.type == "cpu" else t.to(device, non_blocking=True)
+                tensors[name] = f.get_tensor(name)
     return tensors
 
 
