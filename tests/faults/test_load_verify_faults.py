@@ -208,3 +208,29 @@ def test_flashinfer_layout_on_cpu_is_refused_without_emulation(converted):
     out = converted("nemotron-h", "flashinfer-cutlass", "h100", 1, 1)
     with pytest.raises(TargetMismatchError, match=r"flashinfer-cutlass/h100"):
         load(out, rank=0, device="cpu")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG verify: safe_open of a part with one bad tensor raises SafetensorError (exit 1) while reading its other tensors")
+def test_part_whose_tensor_runs_past_its_end_fails_verify_instead_of_crashing(cli, gpt_tp2):
+    """A part rewritten with a tensor's data_offsets past EOF, the manifest's size and file hash made to
+    match: every level must report it (exit 3), never crash inside safetensors (exit 1)."""
+    import hashlib
+    import struct
+
+    m = read_manifest(gpt_tp2)
+    part = rank_file(m, 0)
+    raw = (gpt_tp2 / part).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+    last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+    header[last]["data_offsets"] = [o + len(data) for o in header[last]["data_offsets"]]
+    hb = json.dumps(header).encode()
+    hb += b" " * (-len(hb) % 8)
+    raw = struct.pack("<Q", len(hb)) + hb + data
+    (gpt_tp2 / part).write_bytes(raw)
+    m["files"][part].update(size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+    write_manifest(gpt_tp2, m)
+    for level in ("quick", "full"):
+        assert_verify_failed(cli("verify", gpt_tp2, "--level", level), last)
+    with pytest.raises(VerificationError, match=last.replace(".", r"\.")):
+        load(gpt_tp2, rank=0)

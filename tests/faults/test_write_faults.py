@@ -231,3 +231,62 @@ def test_out_holding_a_symlink_is_refused_and_its_target_untouched(cli, example_
     assert victim.read_bytes() == b"precious"
     assert (out / "model-rank-0-part-0.safetensors").is_symlink()
     assert_nothing_accepted(out)
+
+
+# ------------------------------------------------------------------------------------------ --overwrite safety
+
+def test_overwrite_never_deletes_files_moepack_did_not_write(cli, example_ckpt, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), out, "--overwrite")), BAD_INPUT, "--overwrite",
+                   "notes.txt")
+    assert (out / "notes.txt").read_text() == "mine"
+    assert_nothing_accepted(out)
+
+
+def test_out_equal_to_the_source_is_refused_and_the_source_kept(cli, src_copy):
+    src = src_copy()
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    assert_refused(cli(*convert_args(src, src, "--overwrite")), BAD_INPUT, str(src))
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+# ------------------------------------------------------------------------------------------ resume vs a changed source
+
+class _Crash(BaseException):
+    """Stands in for a kill: nothing in moepack catches a BaseException that is not an Exception."""
+
+
+@pytest.mark.xfail(strict=True, reason="BUG convert/run.py: --resume keeps journaled parts made from an older source (journal fingerprint ignores source bytes)")
+def test_resume_after_the_source_changed_redoes_the_stale_parts(cli, src_copy, tmp_path, monkeypatch):
+    from ckpt_edit import rewrite_tensors
+
+    from .conftest import convert_api
+
+    src, out = src_copy(), tmp_path / "out"
+    real_replace, renames = os.replace, []
+
+    def crash_at_sixth_rename(*a, **k):
+        renames.append(a[1])
+        if len(renames) == 6:
+            raise _Crash()
+        return real_replace(*a, **k)
+
+    monkeypatch.setattr(os, "replace", crash_at_sixth_rename)
+    with pytest.raises(_Crash):
+        convert_api(src, out, tp=2)
+    monkeypatch.undo()
+    assert any(str(p).endswith(".safetensors") for p in renames[:2]), renames   # some parts were finished
+
+    def flip(name, t):                # the user re-downloads a fixed checkpoint: expert bytes change
+        if name.endswith(("gate_up_proj_blocks", "down_proj_blocks")):
+            t = t.clone()
+            t.view(-1)[:64] ^= 0x11
+        return t
+
+    rewrite_tensors(src, flip)
+    res = cli(*convert_args(src, out, "--resume"))
+    assert res.code == 0, res.err
+    report = verify(out, source=src, level="full", progress=False)
+    assert report.ok, f"--resume kept parts converted from the old source: {report.verdict}"
