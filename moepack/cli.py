@@ -194,6 +194,7 @@ def verify(
     else:
         render_report(report, _console(), verbose=verbose)
     if not report.ok:
+        sys.stderr.write(f"error: {' '.join(report.verdict.split())}\n")
         raise typer.Exit(3)
 
 
@@ -216,12 +217,43 @@ def run(
     render_smoke(rows, _console())
 
 
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Usage-error and abort classes: click's, and the copies typer >= 0.16 vendors."""
+    import click
+
+    usage, abort = [click.exceptions.UsageError], [click.exceptions.Abort]
+    try:
+        from typer._click import exceptions as vendored  # typer's private copy of click
+    except ImportError:  # older typer: plain click
+        vendored = None
+    if vendored is not None:
+        usage.append(vendored.UsageError)
+        abort.append(typer.Abort)
+    return tuple(usage), tuple(abort)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: one-line errors with documented exit codes."""
     if argv is not None:
         sys.argv = ["moepack", *argv]
+    usage_errors, aborts = _click_exception_types()
     try:
-        app()
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except usage_errors as exc:   # unparsable flag, missing argument: one line, exit 2
+        if _STATE["debug"]:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:   # bare `moepack`: the help
+            sys.stdout.write(ctx.get_help() + "\n")
+            sys.exit(0)
+        cmd = ctx.command_path if ctx is not None else "moepack"
+        msg = " ".join(exc.format_message().split())
+        sys.stderr.write(f"error: {msg} (see `{cmd} --help`)\n")
+        sys.exit(2)
+    except aborts:
+        sys.stderr.write("error: aborted\n")
+        sys.exit(130)
     except MoepackError as exc:
         if _STATE["debug"]:
             raise

@@ -69,7 +69,6 @@ def test_backend_without_hardware_is_refused_naming_the_flags(cli, example_ckpt)
                    "--backend", "--hardware")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG cli.py main(): click usage errors print a multi-line Usage/Error box, not one error: line")
 @pytest.mark.parametrize("args, flag", [
     (["convert", "SRC", "OUT", "--backend", "triton", "--hardware", "h100", "--tp", "abc"], "--tp"),
     (["verify", "OUT", "--level", "bogus"], "--level"),
