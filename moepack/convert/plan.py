@@ -76,6 +76,7 @@ class Unit:
     files: tuple[str, ...]
     items: tuple[ExpertItem, ...] = ()
     shared: tuple[SharedSource, ...] = ()
+    source_stat: tuple[tuple[str, int, int], ...] = ()   # (file, size, mtime_ns) of the source files it reads
 
     @property
     def is_shared(self) -> bool:
@@ -92,13 +93,15 @@ class Unit:
         return [s.entry for s in self.shared] if self.is_shared else [i.stored for i in self.items]
 
     def fingerprint(self) -> str:
-        """sha256 of what this unit promises to write (names, dtypes, shapes, chains, sources): a finished
-        part is reused by --resume only when the new plan's fingerprint equals the recorded one."""
+        """sha256 of what this unit promises to write (names, dtypes, shapes, chains, sources, and the size and
+        mtime of each source file it reads): a finished part is reused by --resume only when the new plan's
+        fingerprint equals the recorded one, so a re-downloaded or edited source redoes the parts it feeds."""
         desc = {"files": list(self.files),
                 "entries": [[e.name, e.dtype, list(e.shape), e.nbytes] for e in self.entries()],
                 "chains": [i.chain.to_json() for i in self.items],
                 "sources": [[p.name, p.expert, list(p.rows)] for i in self.items for p in i.canonical.pieces]
-                + [[s.file, s.start] for s in self.shared]}
+                + [[s.file, s.start] for s in self.shared],
+                "source_stat": [list(x) for x in self.source_stat]}
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
@@ -209,6 +212,14 @@ def build_plan(ckpt: Checkpoint, desc: ModelDescription, target: Target, tp: int
     if overlap:
         raise PlanError(f"tensor {sorted(overlap)[0]} is both an expert piece and a pass-through tensor")
 
+    stat = {}
+    for f in ckpt.files:
+        st = f.stat()
+        stat[f.name] = (f.name, st.st_size, st.st_mtime_ns)
+
+    def source_stat(names) -> tuple:
+        return tuple(sorted({stat[ckpt.info(n).file] for n in names}))
+
     # rank units: layer groups, then size cuts
     weights = {spec.index: sum(i.stored.nbytes for i in items if i.layer == spec.index) for spec in desc.moe_layers}
     units: list[Unit] = []
@@ -220,8 +231,9 @@ def build_plan(ckpt: Checkpoint, desc: ModelDescription, target: Target, tp: int
         index_of = {it.stored.name: it for it in group_items}
         for part in split_parts([it.stored for it in group_items], max_shard_bytes):
             p = len(units)
-            units.append(Unit(p, tuple(rank_part_name(r, p) for r in range(tp)),
-                              items=tuple(index_of[e.name] for e in part)))
+            chosen = tuple(index_of[e.name] for e in part)
+            units.append(Unit(p, tuple(rank_part_name(r, p) for r in range(tp)), items=chosen,
+                              source_stat=source_stat(pc.name for it in chosen for pc in it.canonical.pieces)))
 
     # shared units
     starts = {f.name: _data_start(f) for f in ckpt.files}
@@ -231,5 +243,6 @@ def build_plan(ckpt: Checkpoint, desc: ModelDescription, target: Target, tp: int
         sources[name] = SharedSource(TensorEntry(name, info.dtype, tuple(info.shape), info.nbytes),
                                      info.file, starts[info.file] + info.data_offsets[0])
     for sp, part in enumerate(split_parts([s.entry for s in sources.values()], max_shard_bytes)):
-        units.append(Unit(len(units), (shared_part_name(sp),), shared=tuple(sources[e.name] for e in part)))
+        units.append(Unit(len(units), (shared_part_name(sp),), shared=tuple(sources[e.name] for e in part),
+                          source_stat=source_stat(e.name for e in part)))
     return ConvertPlan(Path(ckpt.root), desc, target, tp, ep, layer_plans, items, units, shared_names, warnings)
