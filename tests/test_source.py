@@ -156,3 +156,21 @@ def test_bad_headers(tmp_path, header, data, header_len, match):
     with pytest.raises(SourceError, match=match) as err:
         Checkpoint.open(root)
     assert "model.safetensors" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_header_longer_than_the_safetensors_limit_is_refused_without_reading_it(tmp_path):
+    """A hostile file may claim a 150 MB header inside a 200 MB (sparse) file: refused by the 100 MiB cap
+    of the format, before any of it is read or parsed."""
+    import struct as _struct
+    from moepack.source.header import MAX_HEADER_BYTES, HeaderError, read_header as parse
+
+    path = tmp_path / "model.safetensors"
+    with open(path, "wb") as f:
+        f.write(_struct.pack("<Q", 150 * 2**20))
+        f.truncate(200 * 2**20)                      # sparse: no 200 MB actually written
+    assert 150 * 2**20 > MAX_HEADER_BYTES
+    with pytest.raises(HeaderError, match="exceeds"):
+        parse(path)
+    from moepack.source.checkpoint import read_header
+    with pytest.raises(SourceError, match="model.safetensors: header length"):
+        read_header(path)

@@ -33,7 +33,7 @@ from .. import __version__
 from ..convert.manifest import MANIFEST_NAME, Manifest, safe_member
 from ..errors import BadInputError, EnvironmentError_, ManifestError, TargetMismatchError, VerificationError
 from ..layouts.transform import Chain
-from ..verify.headers import Header, HeaderError, read_header
+from ..source.header import Header, HeaderError, read_header
 from .moe import Execution, MoELayer
 
 CHECKS = ("fast", "full")

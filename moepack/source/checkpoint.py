@@ -9,15 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from math import prod
 from pathlib import Path
 
 import torch
 
+from .header import HeaderError, read_header as parse_header
 from ..errors import SourceError
 from .hub import ResolvedSource, resolve
 
@@ -86,67 +85,31 @@ class TensorInfo:
         return storage_shape(self.dtype, self.shape)
 
 
-def _expected_nbytes(dtype: str, shape: tuple[int, ...]) -> int | None:
-    bits = SAFETENSORS_DTYPES[dtype][1]
-    total = prod(shape) * bits
-    if total % 8:
-        return None
-    return total // 8
-
 
 def read_header(path: Path, name: str | None = None) -> dict[str, TensorInfo]:
-    """Parse and check one safetensors header (the data is never read). Problems -> SourceError."""
+    """Parse and check one source file's safetensors header (the data is never read). Problems -> SourceError.
+
+    The parsing and range checks are `moepack.source.header`'s; a source must also use only the dtypes
+    moepack reads, give F4 tensors an even last dim, and not be truncated."""
     label = name or path.name
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise SourceError(f"{label}: truncated safetensors file ({size} bytes, no header length)")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                raise SourceError(f"{label}: header length {n} is larger than the file ({size} bytes)")
-            raw = f.read(n)
+        h = parse_header(path)
+    except HeaderError as exc:
+        raise SourceError(f"{label}: {exc}") from None
     except OSError as exc:
         raise SourceError(f"{label}: cannot read: {exc.strerror or exc}") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{label}: header is not valid JSON ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(header, dict):
-        raise SourceError(f"{label}: header is not a JSON object")
-    data_size = size - 8 - n
     infos: dict[str, TensorInfo] = {}
-    for tname, entry in header.items():
-        if tname == "__metadata__":
-            continue
-        where = f"{label}: tensor {tname}"
-        if not isinstance(entry, dict):
-            raise SourceError(f"{where}: header entry is not an object")
-        dtype, shape, offs = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in SAFETENSORS_DTYPES:
-            raise SourceError(f"{where}: unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise SourceError(f"{where}: bad shape {shape!r}")
-        if (not isinstance(offs, list) or len(offs) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs) or not 0 <= offs[0] <= offs[1]):
-            raise SourceError(f"{where}: bad data_offsets {offs!r}")
-        if dtype == "F4" and shape and shape[-1] % 2:
-            raise SourceError(f"{where}: F4 tensor with an odd last dim {shape}")
-        want = _expected_nbytes(dtype, tuple(shape))
-        if want != offs[1] - offs[0]:
-            raise SourceError(f"{where}: data_offsets {offs} hold {offs[1] - offs[0]} bytes, "
-                              f"shape {shape} of {dtype} needs {want}")
-        infos[tname] = TensorInfo(tname, label, dtype, tuple(shape), (offs[0], offs[1]))
-    spans = sorted(infos.values(), key=lambda t: t.data_offsets)
-    for prev, cur in zip(spans, spans[1:]):
-        if cur.data_offsets[0] < prev.data_offsets[1] and cur.nbytes and prev.nbytes:
-            raise SourceError(f"{label}: tensor {cur.name} overlaps tensor {prev.name} "
-                              f"(data_offsets {list(cur.data_offsets)} vs {list(prev.data_offsets)})")
-    if spans and spans[-1].data_offsets[1] > data_size:
-        last = spans[-1]
-        raise SourceError(f"{label}: truncated: tensor {last.name} ends at byte {last.data_offsets[1]} "
-                          f"of the data section but the file holds {data_size}")
+    for tname, t in h.tensors.items():
+        if t.dtype not in SAFETENSORS_DTYPES:
+            raise SourceError(f"{label}: tensor {tname}: unknown dtype {t.dtype!r}")
+        if t.dtype == "F4" and t.shape and t.shape[-1] % 2:
+            raise SourceError(f"{label}: tensor {tname}: F4 tensor with an odd last dim {list(t.shape)}")
+        infos[tname] = TensorInfo(tname, label, t.dtype, tuple(t.shape), (t.begin - h.data_start, t.end - h.data_start))
+    past = sorted((t.end, n) for n, t in h.tensors.items() if h.past_end(n))
+    if past:
+        end, last = past[-1]
+        raise SourceError(f"{label}: truncated: tensor {last} ends at byte {end - h.data_start} "
+                          f"of the data section but the file holds {h.file_size - h.data_start}")
     return infos
 
 

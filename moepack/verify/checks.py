@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..convert.manifest import Manifest, safe_member
 from .hashing import hash_files
-from .headers import Header, HeaderError, read_header
+from ..source.header import Header, HeaderError, read_header
 from .report import FAIL, OK, SKIP, Row
 
 

@@ -81,6 +81,9 @@ def _readable_parts(sized: dict[str, Path], tensors: list[StoredTensor], rows: l
     dtype and shape checks passed: safe to `safe_open` and to read as the manifest describes."""
     bad = {(r.subject, r.rank) for r in rows if r.result != OK and r.check in ("header", "dtype", "shape")}
     bad_files = {r.subject for r in rows if r.result != OK and r.check == "header" and r.subject in sized}
+    # safe_open validates the whole header: one tensor with bad offsets makes every tensor of its file unreadable
+    bad_headers = {(r.subject, r.rank) for r in rows if r.result != OK and r.check == "header"}
+    bad_files |= {t.file for t in tensors if (t.name, t.rank) in bad_headers}
     return {(t.name, t.rank): sized[t.file] for t in tensors
             if t.rank is not None and t.file in sized and t.file not in bad_files and (t.name, t.rank) not in bad}
 

@@ -258,7 +258,6 @@ class _Crash(BaseException):
     """Stands in for a kill: nothing in moepack catches a BaseException that is not an Exception."""
 
 
-@pytest.mark.xfail(strict=True, reason="BUG convert/run.py: --resume keeps journaled parts made from an older source (journal fingerprint ignores source bytes)")
 def test_resume_after_the_source_changed_redoes_the_stale_parts(cli, src_copy, tmp_path, monkeypatch):
     from ckpt_edit import rewrite_tensors
 

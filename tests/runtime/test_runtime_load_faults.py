@@ -15,7 +15,7 @@ from moepack.errors import (EnvironmentError_, ManifestError, MoepackError, Targ
 from moepack.runtime import load
 from moepack.runtime import loader as loader_mod
 from moepack.runtime.moe import Execution
-from moepack.verify.headers import read_header
+from moepack.source.header import read_header
 
 
 def _edit(folder: Path, fn) -> None:

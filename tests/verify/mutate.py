@@ -67,7 +67,7 @@ def source_canonical(src: Path, e: dict) -> torch.Tensor:
 
 def flip_byte(out: Path, data: dict, e: dict, rank: int, offset: int = 3) -> None:
     """Mutation 1: one byte of the tensor's data flipped in place; the manifest is left alone."""
-    from moepack.verify.headers import read_header
+    from moepack.source.header import read_header
 
     path = out / e["ranks"][rank]["file"]
     begin = read_header(path).tensors[e["name"]].begin

@@ -12,7 +12,7 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 from moepack.verify import hashing
-from moepack.verify.headers import HeaderError, read_header
+from moepack.source.header import HeaderError, read_header
 from moepack.verify.report import FAIL, OK, SKIP, Report, render_report
 from moepack.verify.tensors import first_difference
 

@@ -1,4 +1,5 @@
-"""Read a safetensors header without reading (or trusting) the data.
+"""Read a safetensors header without reading (or trusting) the data. The one header reader of moepack:
+source checkpoints, `verify` and the runtime loader all parse headers here.
 
 Layout of a safetensors file: 8 bytes little-endian u64 `n`, then `n` bytes of JSON
 `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`, then the data;
@@ -63,13 +64,15 @@ def read_header(path: str | os.PathLike) -> Header:
         if len(prefix) < 8:
             raise HeaderError(f"file is {size} bytes, shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", prefix)
-        if n > MAX_HEADER_BYTES or 8 + n > size:
-            raise HeaderError(f"header length {n} does not fit the file ({size} bytes)")
+        if 8 + n > size:
+            raise HeaderError(f"header length {n} is larger than the file ({size} bytes): does not fit")
+        if n > MAX_HEADER_BYTES:
+            raise HeaderError(f"header length {n} exceeds the {MAX_HEADER_BYTES // 2**20} MiB limit of safetensors")
         raw = f.read(n)
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HeaderError(f"header is not JSON ({e.__class__.__name__})") from None
+        raise HeaderError(f"header is not valid JSON, not JSON at all ({e.__class__.__name__})") from None
     if not isinstance(doc, dict):
         raise HeaderError("header is not a JSON object")
     data_start = 8 + n
@@ -80,7 +83,7 @@ def read_header(path: str | os.PathLike) -> Header:
     spans = sorted((t.begin, t.end, name) for name, t in tensors.items() if t.end > t.begin)
     for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
         if b1 < e0:
-            raise HeaderError(f"tensors {n0} and {n1} overlap")
+            raise HeaderError(f"tensor {n1} overlaps tensor {n0} (they overlap in bytes [{b1}, {e0}))")
     return Header(data_start, size, tensors, metadata if isinstance(metadata, dict) else {})
 
 
@@ -97,5 +100,5 @@ def _entry(name: str, info, data_start: int) -> TensorEntry:
         raise HeaderError(f"tensor {name}: negative shape or offsets {shape} [{begin}, {end}]")
     want = math.prod(shape) * DTYPE_BYTES[dtype]
     if end - begin != want:
-        raise HeaderError(f"tensor {name}: {end - begin} bytes for {dtype} {list(shape)} (needs {want:g})")
+        raise HeaderError(f"tensor {name}: data_offsets hold {end - begin} bytes, {dtype} {list(shape)} needs {want:g}")
     return TensorEntry(dtype, shape, data_start + begin, data_start + end)
