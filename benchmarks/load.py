@@ -11,7 +11,7 @@ vs loading the SOURCE checkpoint and applying the layout transforms at start-up.
 - source+transforms: open the source, describe it, plan every MoE layer, assemble each canonical tensor,
   apply its chain and keep this rank's part, plus the shared tensors — what a server does without moepack.
 Targets (issue 6): moepack.load <= 1.2x load_file, and >= 5x faster than source+transforms.
-The page cache is warm for all three (every variant runs once before timing); on CPU, load and
+The page cache is warm for all (every variant runs once before timing, then they take turns); on CPU, load and
 load_file both return memory-mapped tensors, so both times are of mapping, not of reading.
 """
 from __future__ import annotations
@@ -42,18 +42,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device: torch.device, repeat: int) -> float:
-    """Median seconds of `fn()` over `repeat` runs, after one untimed warm-up."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
+def _timed(variants: dict, device: torch.device, repeat: int) -> dict[str, float]:
+    """Median seconds of each `variants[name]()`, after one untimed warm-up each. The variants take turns
+    (round robin), so page cache, allocator and clock state favour none of them."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for name, fn in variants.items():
+        fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-        del result
-    return statistics.median(times)
+    for _ in range(repeat):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            result = fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+            del result
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def rank_files(out: Path, rank: int) -> list[Path]:
@@ -127,13 +130,14 @@ def main() -> None:
     nbytes = sum(f.stat().st_size for f in files)
     emulate = args.backend != "triton"
 
-    t_load = _timed(lambda: load(out, rank=args.rank, device=device, allow_emulation=emulate).tensors, device,
-                    args.repeat)
-    t_full = _timed(lambda: load(out, rank=args.rank, device=device, check="full", allow_emulation=emulate).tensors,
-                    device, args.repeat)
-    t_st = _timed(lambda: load_with_safetensors(files, device), device, args.repeat)
-    t_src = _timed(lambda: source_with_transforms(src, args.backend, args.hardware, args.tp, args.ep, args.rank,
-                                                  device), device, max(1, args.repeat // 2))
+    t = _timed({
+        "load": lambda: load(out, rank=args.rank, device=device, allow_emulation=emulate).tensors,
+        "full": lambda: load(out, rank=args.rank, device=device, check="full", allow_emulation=emulate).tensors,
+        "load_file": lambda: load_with_safetensors(files, device),
+    }, device, args.repeat)
+    t_load, t_full, t_st = t["load"], t["full"], t["load_file"]
+    t_src = _timed({"src": lambda: source_with_transforms(src, args.backend, args.hardware, args.tp, args.ep,
+                                                           args.rank, device)}, device, max(1, args.repeat // 2))["src"]
     row = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
