@@ -63,6 +63,11 @@ class Activation:
     def gated(self) -> bool:
         return self.kind != "relu2"
 
+    @classmethod
+    def from_json(cls, d: dict) -> "Activation":
+        """From its manifest form (`dataclasses.asdict`)."""
+        return cls(kind=d["kind"], alpha=d.get("alpha"), limit=d.get("limit"))
+
 
 @dataclass(frozen=True)
 class Routing:

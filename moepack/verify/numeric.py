@@ -7,8 +7,8 @@ Rank path (what a server would compute): for each rank, each stored part -> `Cha
 outputs are summed over ranks (what an all-reduce gives).
 
 Source path (independent of every layout): the canonical tensors assembled from the source tensors the
-manifest names, dequantized in float64 with moepack.numerics, gate/up split by the SOURCE arrangement,
-activation applied, weighted sum over the top-k.
+manifest names, through `moepack.kernels.dense_reference.dense_moe_float64` (float64, gate/up split by
+the SOURCE arrangement).
 
 Tokens are random normal `[T, H]`; routing is random: k distinct experts per token, weights a softmax
 of random logits. Only the experts the tokens use are dequantized.
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from ..formats.model import Activation
+from ..kernels.dense_reference import dense_moe_float64
 from ..kernels.reference import LocalExperts, moe_reference
-from ..numerics import FP8_BLOCK, dequant_fp8_block, dequant_mxfp4
 from .report import FAIL, OK, SKIP, Row
 from .source_checks import load_chain
 from ..formats.assemble import read_canonical
@@ -55,82 +55,14 @@ def random_routing(tokens: int, hidden: int, num_experts: int, top_k: int, seed:
 
 
 def _activation(model: dict) -> Activation:
-    a = model["activation"]
-    return Activation(kind=a["kind"], alpha=a.get("alpha"), limit=a.get("limit"))
-
-
-# ----------------------------------------------------------------------------- float64 source reference
-def _split_gate_up(h: torch.Tensor, arrangement: str) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """h [T, R] in the source row arrangement -> (gate [T, I] or None, up [T, I])."""
-    if arrangement == "interleaved":
-        return h[:, 0::2], h[:, 1::2]
-    if arrangement == "separate":
-        half = h.shape[1] // 2
-        return h[:, :half], h[:, half:]
-    return None, h
-
-
-def _act64(gate: torch.Tensor | None, up: torch.Tensor, act: Activation) -> torch.Tensor:
-    """The expert activation, written out from `Activation`'s definition (float64)."""
-    if act.kind == "relu2":
-        return up.clamp(min=0.0).square()
-    if act.limit is not None:
-        gate = torch.minimum(gate, torch.tensor(act.limit, dtype=gate.dtype))
-        up = torch.maximum(torch.minimum(up, torch.tensor(act.limit, dtype=up.dtype)),
-                           torch.tensor(-act.limit, dtype=up.dtype))
-    if act.kind == "swiglu_oai":
-        alpha = 1.0 if act.alpha is None else act.alpha
-        return gate / (1.0 + torch.exp(-alpha * gate)) * (up + 1.0)
-    if act.kind == "silu":
-        return gate / (1.0 + torch.exp(-gate)) * up
-    raise ValueError(f"unknown activation {act.kind!r}")
-
-
-def _dequant_rows_halves(w: torch.Tensor, s: torch.Tensor, halves: int) -> torch.Tensor:
-    """fp8 block weight [R, K] whose rows are `halves` equal blocks, each with its own scale blocks."""
-    rows = w.shape[0] // halves
-    nb = s.shape[0] // halves
-    return torch.cat([dequant_fp8_block(w[i * rows:(i + 1) * rows], s[i * nb:(i + 1) * nb], dtype=torch.float64)
-                      for i in range(halves)])
-
-
-def dequant_source_expert(quant: str, w: torch.Tensor, s: torch.Tensor, halves: int) -> torch.Tensor:
-    """One expert's canonical weight [N, K(/2)] and scale -> float64 [N, K].
-
-    `halves` is 2 for a gated w13 (gate rows, then up rows, each with their own fp8 scales), else 1."""
-    if quant == "mxfp4":
-        return dequant_mxfp4(w, s, torch.float64)
-    if quant == "fp8_block":
-        return _dequant_rows_halves(w, s, halves)
-    if quant == "fp8_tensor":
-        rows = w.shape[0] // s.numel()
-        return w.to(torch.float64) * s.to(torch.float64).repeat_interleave(rows)[:, None]
-    raise ValueError(f"unknown quant scheme {quant!r}")
+    return Activation.from_json(model["activation"])
 
 
 def source_reference(ckpt, entries: dict[str, dict], model: dict, x: torch.Tensor,
                      weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """float64 [T, H] output of the layer whose manifest entries (role -> entry) are `entries`."""
-    quant, arrangement = model["quant"], model["arrangement"]
-    act = _activation(model)
     canon = {role: read_canonical(ckpt, canonical_tensor(e)) for role, e in entries.items()}
-    halves = 2 if arrangement != "up_only" else 1
-    if quant == "fp8_block" and arrangement == "interleaved":
-        raise ValueError("fp8_block with interleaved gate/up rows has no defined block scales")
-    x64 = x.to(torch.float64)
-    out = torch.zeros(x.shape[0], canon["w2_weight"].shape[1], dtype=torch.float64)
-    for e in torch.unique(ids).tolist():
-        w13 = dequant_source_expert(quant, canon["w13_weight"][e], canon["w13_weight_scale"][e], halves)
-        w2 = dequant_source_expert(quant, canon["w2_weight"][e], canon["w2_weight_scale"][e], 1)
-        tok, slot = torch.nonzero(ids == e, as_tuple=True)
-        h = x64[tok] @ w13.T
-        if "w13_bias" in canon:
-            h = h + canon["w13_bias"][e].to(torch.float64)
-        y = _act64(*_split_gate_up(h, arrangement), act) @ w2.T
-        if "w2_bias" in canon:
-            y = y + canon["w2_bias"][e].to(torch.float64)
-        out.index_add_(0, tok, y * weights[tok, slot].to(torch.float64)[:, None])
-    return out
+    return dense_moe_float64(x, weights, ids, canon, model["quant"], model["arrangement"], _activation(model))
 
 
 # ----------------------------------------------------------------------------- rank path

@@ -10,7 +10,8 @@ from moepack.formats.assemble import read_canonical
 from moepack.formats.detect import describe
 from moepack.kernels.reference import TOLERANCE
 from moepack.runtime import load
-from moepack.runtime.smoke import dense_moe_float64, run_smoke
+from moepack.kernels.dense_reference import dense_moe_float64
+from moepack.runtime.smoke import run_smoke
 from moepack.source.checkpoint import Checkpoint
 
 pytestmark = [pytest.mark.gpu,

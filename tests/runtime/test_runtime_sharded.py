@@ -13,7 +13,7 @@ from moepack.formats.assemble import read_canonical
 from moepack.formats.detect import describe
 from moepack.numerics import dequant_mxfp4
 from moepack.runtime import load
-from moepack.runtime.smoke import dense_moe_float64
+from moepack.kernels.dense_reference import dense_moe_float64
 from moepack.source.checkpoint import Checkpoint
 
 PARALLEL = [(1, 1), (2, 1), (4, 1), (2, 2)]          # (tp, ep); (2, 2): two EP ranks, each with all of I

@@ -34,7 +34,7 @@ def test_static_fp8_input_scales_change_the_reference_when_they_saturate(convert
     from moepack.formats.assemble import read_canonical
     from moepack.formats.detect import describe
     from moepack.numerics import quantize_fp8_e4m3
-    from moepack.runtime.smoke import dense_moe_float64
+    from moepack.kernels.dense_reference import dense_moe_float64
     from moepack.source.checkpoint import Checkpoint
 
     ckpt = Checkpoint.open(example_ckpt("nemotron-h"))
