@@ -1,14 +1,19 @@
 """Tile configurations for the Triton fused MoE, chosen from a table (no tuning at load time).
 
-`pick(quant, M, E, topk, H, Ip)` -> `MoEConfig`. Rows of `TABLE` are keyed by (quant, M bucket) and
-were set for the benchmark shapes (gpt-oss-120b MXFP4; DeepSeek-V3 FP8 block at TP1 and TP8) on an
-H100; any other shape gets the same rule with its own M bucket.
+`pick(quant, M, E, topk, H, Ip)` -> `MoEConfig`. `TUNED` holds, per benchmark shape (quant, H, Ip), the
+winner of `python benchmarks/kernels.py --sweep` at each M bucket, measured on an H100 (torch 2.11,
+triton 3.6, 2026-11-23; see docs/KERNEL_NOTES.md, version 4). Any other shape uses the table of the
+nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
+else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
 - per_pair: decode path. Each (token, slot) pair is its own block of BLOCK_M rows of which one is used;
   no routing sort at all (the weights of an expert picked twice are read twice, which only matters once
   pairs outnumber the experts).
-- block_m: rows per program (the sort pads each expert's run to it); bn1/bn2: output columns per program
-  of the first GEMM (stored w13 rows, gate and up interleaved) and the second; bk: K per step.
+- block_m: rows per program (the sort pads each expert's run to it; 64 and up lets Triton use wgmma);
+  bn/bk: output columns / K per step of each GEMM (gemm1 over stored w13 rows, gate and up interleaved;
+  gemm2 over w2 rows). FP8 always steps K by 128 (one scale block).
+- prequant (fp8_block): quantize activations in one pass before each GEMM instead of in every N-tile
+  program.
 """
 from __future__ import annotations
 
@@ -30,38 +35,76 @@ class MoEConfig:
     gemm1: GemmConfig
     gemm2: GemmConfig
     group_m: int = 8
-    prequant: bool = False     # fp8_block: quantize activations in one pass before each GEMM (large M)
+    prequant: bool = False     # fp8_block: quantize activations in one pass before each GEMM
+
+
+BUCKETS = (1, 8, 64, 256, 1024, 4096, 16384)
 
 
 def _bucket(M: int) -> int:
-    for b in (1, 8, 64, 256, 1024, 4096):
+    for b in BUCKETS:
         if M <= b:
             return b
-    return 16384
+    return BUCKETS[-1]
 
 
 G = GemmConfig
-# (quant, M bucket) -> (per_pair, block_m, gemm1, gemm2)
-TABLE: dict[tuple[str, int], tuple] = {
-    ("mxfp4", 1): (True, 16, G(64, 128, 4, 3), G(32, 128, 4, 3)),
-    ("mxfp4", 8): (False, 16, G(64, 128, 4, 3), G(32, 128, 4, 3)),
-    ("mxfp4", 64): (False, 16, G(64, 128, 4, 3), G(64, 128, 4, 3)),
-    ("mxfp4", 256): (False, 16, G(64, 128, 4, 3), G(64, 128, 4, 3)),
-    ("mxfp4", 1024): (False, 32, G(128, 128, 4, 3), G(64, 128, 4, 3)),
-    ("mxfp4", 4096): (False, 64, G(128, 128, 4, 3), G(128, 128, 4, 3)),
-    ("mxfp4", 16384): (False, 128, G(128, 128, 8, 3), G(128, 128, 8, 3)),
-    ("fp8_block", 1): (True, 16, G(64, 128, 4, 4), G(64, 128, 4, 4)),
-    ("fp8_block", 8): (False, 16, G(64, 128, 4, 4), G(64, 128, 4, 4)),
-    ("fp8_block", 64): (False, 16, G(64, 128, 4, 4), G(64, 128, 4, 4)),
-    ("fp8_block", 256): (False, 16, G(64, 128, 4, 4), G(64, 128, 4, 4)),
-    ("fp8_block", 1024): (False, 32, G(128, 128, 4, 4), G(128, 128, 4, 4)),
-    ("fp8_block", 4096): (False, 64, G(128, 128, 4, 4), G(128, 128, 4, 4)),
-    ("fp8_block", 16384): (False, 128, G(128, 128, 8, 4), G(128, 128, 8, 4)),
+# (quant, H, Ip) -> {M bucket: (per_pair, block_m, prequant, gemm1, gemm2)}; H100 sweep winners
+TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
+    ("mxfp4", 2880, 2880): {                      # gpt-oss-120b, E=128, top-4
+        1: (True, 16, False, G(64, 256, 4, 3), G(32, 256, 4, 3)),
+        8: (False, 16, False, G(128, 128, 4, 3), G(64, 128, 4, 3)),
+        64: (False, 16, False, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        256: (False, 16, False, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        1024: (False, 64, False, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        4096: (False, 128, False, G(128, 64, 8, 3), G(128, 64, 8, 3)),
+        16384: (False, 128, False, G(128, 64, 8, 3), G(128, 64, 8, 3)),
+    },
+    ("fp8_block", 7168, 256): {                   # DeepSeek-V3 TP8 rank, E=256, top-8
+        1: (True, 16, False, G(32, 128, 4, 4), G(128, 128, 4, 4)),
+        8: (False, 16, False, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        64: (False, 16, False, G(64, 128, 4, 4), G(128, 128, 4, 3)),
+        256: (False, 16, False, G(64, 128, 4, 4), G(128, 128, 4, 3)),
+        1024: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        4096: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        16384: (False, 64, True, G(256, 128, 8, 3), G(128, 128, 4, 3)),
+    },
+    ("fp8_block", 7168, 2048): {                  # DeepSeek-V3 TP1, E=256, top-8
+        1: (True, 16, False, G(64, 128, 4, 4), G(64, 128, 4, 4)),
+        8: (False, 64, True, G(64, 128, 4, 3), G(64, 128, 4, 3)),
+        64: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        256: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        1024: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        4096: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        16384: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+    },
 }
 
 
+def _table(quant: str, H: int, Ip: int) -> dict[int, tuple]:
+    fam = "mxfp4" if quant == "mxfp4" else "fp8_block"
+    if (fam, H, Ip) in TUNED:
+        return TUNED[(fam, H, Ip)]
+    if fam == "mxfp4":
+        return TUNED[("mxfp4", 2880, 2880)]
+    return TUNED[("fp8_block", 7168, 256 if Ip <= 512 else 2048)]
+
+
 def pick(quant: str, M: int, E: int, topk: int, H: int, Ip: int) -> MoEConfig:
-    key = ("mxfp4" if quant == "mxfp4" else "fp8_block", _bucket(M))
-    per_pair, block_m, g1, g2 = TABLE[key]
-    per_pair = per_pair and M * topk <= 16
-    return MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2, prequant=block_m >= 32)
+    per_pair, block_m, prequant, g1, g2 = _table(quant, H, Ip)[_bucket(M)]
+    return MoEConfig(per_pair=per_pair and M * topk <= 16, block_m=block_m, gemm1=g1, gemm2=g2,
+                     prequant=prequant and quant == "fp8_block")
+
+
+def shipped_configs(quant: str) -> list[MoEConfig]:
+    """The tuned configs of `quant`'s family that differ in what correctness can depend on (routing path,
+    block_m, prequant, block_k of each GEMM): one representative each, for tests that run them all."""
+    fam = "mxfp4" if quant == "mxfp4" else "fp8_block"
+    seen: dict[tuple, MoEConfig] = {}
+    for (q, _, _), table in TUNED.items():
+        if q != fam:
+            continue
+        for per_pair, block_m, prequant, g1, g2 in table.values():
+            key = (per_pair, block_m, prequant, g1.block_k, g2.block_k)
+            seen.setdefault(key, MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2, prequant=prequant))
+    return list(seen.values())

@@ -74,26 +74,30 @@ def fp8_tensor_step(acc, a_base, a_mask_m, w_base, inv_in_scale, offs_n, mask_n,
 
 
 @triton.jit
-def _quant_groups_kernel(X, Q, S, K, stride_x, n_groups, SOFT_RNE: tl.constexpr):
-    """One 128-group of one row: Q[r, g*128:(g+1)*128] = e4m3(x / s), S[r, g] = s."""
-    r = tl.program_id(0).to(tl.int64)
+def _quant_groups_kernel(X, Q, S, R, K, stride_x, n_groups, BR: tl.constexpr, SOFT_RNE: tl.constexpr):
+    """BR rows x one 128-group: Q[r, g*128:(g+1)*128] = e4m3(x / s), S[r, g] = s."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
     g = tl.program_id(1)
     offs = g * 128 + tl.arange(0, 128)
-    m = offs < K
-    x = tl.load(X + r * stride_x + offs, mask=m, other=0.0)
-    q, s = _quant_rows(x[None, :], SOFT_RNE)
-    tl.store(Q + r * K + offs[None, :], q, mask=m[None, :])
-    tl.store(S + r * n_groups + g + tl.arange(0, 1), s)
+    mr = rows < R
+    m = mr[:, None] & (offs < K)[None, :]
+    r64 = rows.to(tl.int64)
+    x = tl.load(X + r64[:, None] * stride_x + offs[None, :], mask=m, other=0.0)
+    q, s = _quant_rows(x, SOFT_RNE)
+    tl.store(Q + r64[:, None] * K + offs[None, :], q, mask=m)
+    tl.store(S + r64 * n_groups + g, s, mask=mr)
 
 
 def quantize_groups(x, soft_rne: bool = False):
-    """x [R, K] float -> (q [R, K] float8_e4m3fn, s [R, ceil(K/128)] float32): per-row 128-groups, one pass.
-    Used before the GEMMs at large M, where quantizing inside every N-tile program costs more than it saves."""
+    """x [R, K] float -> (q [R, K] float8_e4m3fn, s [R, ceil(K/128)] float32): per-row 128-groups, one pass
+    (16 rows x 128 columns per program). Used before the GEMMs at large M, where quantizing inside every
+    N-tile program costs more than it saves."""
     import torch
     R, K = x.shape
     ng = -(-K // 128)
     q = torch.empty(R, K, dtype=torch.float8_e4m3fn, device=x.device)
     s = torch.empty(R, ng, dtype=torch.float32, device=x.device)
     if R:
-        _quant_groups_kernel[(R, ng)](x, q, s, K, x.stride(0), ng, SOFT_RNE=soft_rne)
+        BR = 16
+        _quant_groups_kernel[(triton.cdiv(R, BR), ng)](x, q, s, R, K, x.stride(0), ng, BR=BR, SOFT_RNE=soft_rne)
     return q, s

@@ -17,17 +17,20 @@ from moepack.kernels.triton_moe import fused_moe  # noqa: E402
 
 
 def main(names):
-    """Two runs per case: sorted path with float32 activations, per-pair path with float16.
-    Reports the error against plain float64 and, for fp8, against float64 with the activation
+    """Two runs per case: sorted path with float32 activations, per-pair path with float16; MXFP4 cases
+    also a third, sorted with K steps of 256 (longer than the case's K: the masked tail of a K step). Reports the error against plain float64 and, for fp8, against float64 with the activation
     quantization emulated (the kernel's rounding, checked tightly)."""
     results = {}
     for name in names:
-        for per_pair, x_dtype in ((False, torch.float32), (True, torch.float16)):
+        runs = [(False, torch.float32, 64), (True, torch.float16, 64)]
+        if CASES[name][0] == "mxfp4":
+            runs.append((False, torch.float32, 256))
+        for per_pair, x_dtype, bk in runs:
             x, tw, ids, local, stored, meta = make_case(name, seed=len(results), x_dtype=x_dtype)
-            g = GemmConfig(block_n=32, block_k=64, num_warps=4, num_stages=1)
+            g = GemmConfig(block_n=32, block_k=bk, num_warps=4, num_stages=1)
             cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g, prequant=not per_pair)
             out = fused_moe(x, tw, ids, stored, meta, config=cfg)
-            key = f"{name}/{'pair' if per_pair else 'sorted'}/{str(x_dtype)[6:]}"
+            key = f"{name}/{'pair' if per_pair else 'sorted'}/{str(x_dtype)[6:]}/bk{bk}"
             if out.dtype != x.dtype or out.shape != x.shape:
                 results[key] = {"plain": float("inf")}
                 continue

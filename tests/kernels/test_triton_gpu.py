@@ -43,3 +43,18 @@ def test_fused_moe_default_configs_and_graph():
         graph.replay()
         torch.cuda.synchronize()
         assert rel_err(out, ref) < TOLERANCE[meta["quant"]]
+
+
+@cuda
+@pytest.mark.parametrize("name", ["mxfp4_swiglu_bias", "fp8_block_silu"])
+def test_every_shipped_config(name):
+    """Each distinct tile config of the tuned table (configs.TUNED) on a small case: masked K tails
+    (block_k 256 > K), block_m 64/128 with wgmma, prequant on and off."""
+    from moepack.kernels.configs import shipped_configs
+    from moepack.kernels.triton_moe import fused_moe
+    x, tw, ids, local, stored, meta = make_case(name, seed=11, x_dtype=torch.bfloat16)
+    xs, tws, idss, st = x.cuda(), tw.cuda(), ids.cuda(), _to(stored, "cuda")
+    ref = expected64(x, tw, ids, local)
+    for cfg in shipped_configs(meta["quant"]):
+        err = rel_err(fused_moe(xs, tws, idss, st, meta, config=cfg), ref)
+        assert err < TOLERANCE[meta["quant"]], (cfg, err)
