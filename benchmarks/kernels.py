@@ -3,7 +3,10 @@
 Run on the GPU machine from the repo root, with the peer sources fetched into .peer/
 (`bash ../shared/bench/peer_moe/fetch.sh .peer`):
 
-    python benchmarks/kernels.py [--quick] [--cases gptoss,ds_tp8,ds_tp1] [--out $OUT/kernels.json]
+    python benchmarks/kernels.py [--cases gptoss,ds_tp8,ds_tp1] [--ms 1,8,...] [--workers 14] [--out $OUT/kernels.json]
+    python benchmarks/kernels.py --sweep [...]     # time many tile configs instead (-> configs.TUNED)
+
+--workers N compiles the kernels first in N processes (Triton's disk cache), 1 compiles on first use.
 
 Per case and M: moepack us (routing sort, activation quantization, both GEMMs, activation, top-k sum:
 the whole layer, CUDA-graph replay, median of 50), the peer's two GEMM launches alone (its best case),
