@@ -41,7 +41,7 @@ REQUIRED: dict[str, dict[str, tuple]] = {
               "hidden": _INT, "intermediate": _INT, "intermediate_per_rank": _LIST,
               "intermediate_padded": _INT, "top_k": _INT, "arrangement": _STR, "has_bias": (bool,),
               "activation": _DICT, "routing": _DICT},
-    "files{}": {"rank": _OPT_INT, "size": _INT, "sha256": _STR},
+    "files{}": {"rank": _OPT_INT, "size": _INT},     # + "digest" (part files, see writer.part_digest) or "sha256"
     "experts[]": {"layer": _INT, "role": _STR, "name": _STR, "logical_shape": _LIST, "logical_dtype": _STR,
                   "sources": _LIST, "chain": _LIST, "ranks": _LIST},
     "experts[].sources[]": {"name": _STR, "expert": _OPT_INT, "rows": _LIST, "shape": _LIST, "dtype": _STR},
@@ -176,7 +176,13 @@ class Manifest:
         files = d["files"]
         for name, rec in files.items():
             _check_record(rec, "files{}", f"files[{name!r}]")
-            _check_sha(rec["sha256"], f"files[{name!r}].sha256")
+            keys = [k for k in ("digest", "sha256") if k in rec]
+            if not keys:
+                raise ManifestError(f"manifest files[{name!r}] needs a digest (part files) or a sha256 (copied files)")
+            for k in keys:
+                if not isinstance(rec[k], str):
+                    raise ManifestError(f"manifest files[{name!r}].{k} must be string, got {type(rec[k]).__name__}")
+                _check_sha(rec[k], f"files[{name!r}].{k}")
             if root is not None:
                 safe_member(root, name)
             else:

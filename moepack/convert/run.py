@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import queue
 import signal
 import sys
 import threading
@@ -31,15 +32,15 @@ import torch
 
 from .. import __version__
 from ..errors import BadInputError, EnvironmentError_, FormatError, SourceError
-from ..formats.assemble import read_canonical
 from ..formats.detect import describe
 from ..layouts.targets import get_target
 from ..numerics import E8M0_NAN
-from ..source.checkpoint import Checkpoint, sha256_file
+from ..source.checkpoint import Checkpoint
+from .fastpath import apply_chain, read_canonical_pread
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest
 from .plan import LAYOUT_VERSION, ConvertPlan, Unit, build_plan
 from .writer import (LOCK_NAME, TEMP_SUFFIX, OutputLock, PartWriter, WrittenFile, check_out_dir,
-                     environment_error, parse_size, remove_temp_files, write_file_atomic)
+                     environment_error, file_digest, parse_size, remove_temp_files, write_file_atomic)
 
 JOURNAL_PREFIX = ".moepack-done-"
 _READ_CHUNK = 16 << 20
@@ -120,22 +121,20 @@ def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None
                 if on_bytes:
                     on_bytes(s.entry.nbytes)
         else:
+            sink = stack.enter_context(_PartSink(writers, on_bytes))   # exits (joins) before the writers abort
             for item in unit.items:
-                canonical = read_canonical(ckpt, item.canonical)
-                ckpt.close()        # unmap the source files: touched mmap pages would count toward RSS
+                canonical = read_canonical_pread(ckpt, item.canonical)
+                ckpt.close()        # unmap what a piece read through safe_open touched (bounded RSS)
                 check_scale_values(ckpt, item.canonical, canonical)
                 if device != "cpu":
                     canonical = canonical.to(device)
-                parts = item.chain.apply(canonical)
+                parts = apply_chain(item.chain, canonical)
                 del canonical
                 if len(parts) != len(writers):
                     raise RuntimeError(f"{item.name}: chain gave {len(parts)} parts for {len(writers)} ranks")
-                for w, part in zip(writers, parts):
-                    w.write(item.name, part)
-                    _maybe_kill("tensor")
+                sink.put(item.name, parts, item.stored.nbytes * len(writers))
                 del parts
-                if on_bytes:
-                    on_bytes(item.stored.nbytes * len(writers))
+            sink.finish()
         results = [w.close() for w in writers]
     if ckpt is not None:
         ckpt.close()
@@ -144,6 +143,70 @@ def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None
                       json.dumps({"fingerprint": unit.fingerprint(), "files": records}).encode())
     _maybe_kill("part")
     return records
+
+
+class _PartSink:
+    """Writes each tensor's rank parts to the rank writers in a background thread, so the next tensor's
+    chain runs while this one is written and hashed (os.write and hashlib release the GIL). The queue holds
+    one tensor's parts: with the one being written and the one being made, at most three are alive.
+
+    `put(name, parts, nbytes)` blocks while the queue is full and re-raises a writer error (disk full ...);
+    `finish()` waits for every write. Leaving the `with` block by an exception stops the thread first."""
+
+    def __init__(self, writers: list[PartWriter], on_bytes=None) -> None:
+        self._writers, self._on_bytes = writers, on_bytes
+        self._q: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            if self._error is not None or self._stop:
+                continue
+            name, parts, nbytes = job
+            try:
+                for w, part in zip(self._writers, parts):
+                    w.write(name, part)
+                    _maybe_kill("tensor")
+                if self._on_bytes:
+                    self._on_bytes(nbytes)
+            except BaseException as exc:
+                self._error = exc
+            del job, parts
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, name: str, parts: list, nbytes: int) -> None:
+        self._raise()
+        while True:
+            try:
+                self._q.put((name, parts, nbytes), timeout=0.2)
+                return
+            except queue.Full:
+                self._raise()
+                if not self._thread.is_alive():   # pragma: no cover - the thread only ends on None
+                    raise RuntimeError("part writer thread ended")
+
+    def finish(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        self._raise()
+
+    def __enter__(self) -> "_PartSink":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._thread.is_alive():
+            self._stop = True
+            self._q.put(None)
+            self._thread.join()
 
 
 def _worker_init(threads: int) -> None:
@@ -164,7 +227,7 @@ def _unit_is_done(out: Path, unit: Unit) -> list[dict] | None:
             return None
         for f in files:
             p = out / f["name"]
-            if p.is_symlink() or not p.is_file() or p.stat().st_size != f["size"] or sha256_file(p) != f["sha256"]:
+            if p.is_symlink() or not p.is_file() or p.stat().st_size != f["size"] or file_digest(p) != (f["size"], f["digest"]):
                 return None
         return files
     except (OSError, ValueError, KeyError, TypeError):
@@ -227,7 +290,7 @@ def build_manifest(plan: ConvertPlan, ckpt: Checkpoint, written: dict[str, dict]
     files: dict[str, dict] = {}
     for u in plan.units:
         for r, f in enumerate(u.files):
-            files[f] = {"rank": None if u.is_shared else r, "size": written[f]["size"], "sha256": written[f]["sha256"]}
+            files[f] = {"rank": None if u.is_shared else r, "size": written[f]["size"], "digest": written[f]["digest"]}
     files.update(extra)
     unit_of = {it.name: u for u in plan.rank_units for it in u.items}
     experts = []
@@ -326,6 +389,9 @@ def convert(src, out, backend: str, hardware: str, tp: int = 1, ep: int = 1, wor
     seconds, resumed_units, warnings); with dry_run, {"dry_run": True, "plan", "parts", "model_summary",
     "source"} and nothing is written. Errors: BadInputError subclasses (exit 2), EnvironmentError_ (exit 4)."""
     t0 = time.monotonic()
+    # torch's CPU allocator: 2 MiB-aligned, madvise(HUGEPAGE) buffers for large tensors, read when torch first
+    # allocates one (also by --workers children): the fresh part buffers cost 512x fewer page faults
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     if resume and overwrite:
         raise BadInputError("--resume and --overwrite exclude each other")
     for flag, v in (("--tp", tp), ("--ep", ep), ("--workers", workers)):

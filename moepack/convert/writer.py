@@ -3,8 +3,9 @@
 A part file is written under a temporary name (`.{name}.tmp`), fsynced, renamed to its final name,
 and then the directory is fsynced: a crash leaves either the complete file or no file (plus at most a
 temp file, which `remove_temp_files` clears). Its layout is declared up front (`TensorEntry`s), so the
-safetensors header goes first and the tensor bytes stream after it in order; sha256 of every tensor and
-of the whole file are computed on the way, in threads (hashlib releases the GIL).
+safetensors header goes first and the tensor bytes stream after it in order; the sha256 of every tensor
+is computed on the way, in a thread (hashlib releases the GIL). A part file's `digest` (`part_digest`)
+is derived from its header and its tensors' sha256, so no second sha256 pass runs over the file's bytes.
 
 Nothing here writes outside OUT: names are plain file names (`plain_name`), OUT must not be a
 symlink nor contain one (`check_out_dir`), and files are created with O_EXCL | O_NOFOLLOW.
@@ -297,19 +298,64 @@ class _HashThread:
 
 @dataclass
 class WrittenFile:
-    """What a finished part file holds: its name, size, sha256 and each tensor's dtype, shape and sha256."""
+    """What a finished part file holds: its name, size, `part_digest` and each tensor's dtype, shape and sha256."""
 
     name: str
     size: int
-    sha256: str
+    digest: str
     tensors: dict[str, dict] = field(default_factory=dict)   # name -> {"dtype", "shape", "sha256"}
 
     def to_json(self) -> dict:
-        return {"name": self.name, "size": self.size, "sha256": self.sha256, "tensors": self.tensors}
+        return {"name": self.name, "size": self.size, "digest": self.digest, "tensors": self.tensors}
 
     @classmethod
     def from_json(cls, d: dict) -> "WrittenFile":
-        return cls(d["name"], int(d["size"]), d["sha256"], dict(d["tensors"]))
+        return cls(d["name"], int(d["size"]), d["digest"], dict(d["tensors"]))
+
+
+def part_digest(header_block: bytes, tensor_sha256: Iterable[str]) -> str:
+    """The `digest` of a safetensors part file: sha256 over its header block (the 8-byte length and the
+    JSON header, i.e. every byte before the tensor data) followed by the 32 raw bytes of each tensor's
+    sha256, in file (data offset) order. Our parts hold their tensors back to back with no gap, so with
+    the file size this pins every byte of the file, at the cost of one sha256 per tensor instead of two."""
+    h = hashlib.sha256(header_block)
+    for d in tensor_sha256:
+        h.update(bytes.fromhex(d))
+    return h.hexdigest()
+
+
+def file_digest(path: Path | str) -> tuple[int, str]:
+    """(size, `part_digest`) of an existing part file, re-hashing each tensor from disk (resume).
+    ValueError if the header is not one of ours (tensors not back to back from the data start)."""
+    with open(path, "rb", buffering=0) as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path}: no safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100 << 20:
+            raise ValueError(f"{path}: header too large")
+        raw = f.read(n)
+        header = json.loads(raw)
+        spans = sorted((v["data_offsets"], k) for k, v in header.items() if k != "__metadata__")
+        digests, pos = [], 0
+        buf = bytearray(CHUNK)
+        for (b, e), _ in spans:
+            if b != pos:
+                raise ValueError(f"{path}: tensor data not back to back")
+            h = hashlib.sha256()
+            left = e - b
+            while left:
+                got = f.readinto(memoryview(buf)[:min(left, CHUNK)])
+                if not got:
+                    raise ValueError(f"{path}: truncated")
+                h.update(memoryview(buf)[:got])
+                left -= got
+            digests.append(h.hexdigest())
+            pos = e
+        size = 8 + n + pos
+        if f.read(1):
+            raise ValueError(f"{path}: bytes after the last tensor")
+    return size, part_digest(head + raw, digests)
 
 
 class PartWriter:
@@ -334,14 +380,13 @@ class PartWriter:
         self._size = 0
         self._fd: int | None = None
         self.result: WrittenFile | None = None
-        self._file_hash = _HashThread()
-        self._file_hash.begin("file")
         self._tensor_hash = _HashThread()
+        self._header = safetensors_header(self.entries, metadata)
         try:
             if self.temp.is_symlink() or self.temp.exists():
                 self.temp.unlink()
             self._fd = _create_exclusive(self.temp)
-            self._put(memoryview(safetensors_header(self.entries, metadata)), tensor=False)
+            self._put(memoryview(self._header), tensor=False)
         except BaseException as exc:
             self.abort()
             if isinstance(exc, OSError):
@@ -355,7 +400,6 @@ class PartWriter:
             if not len(chunk):
                 break
             _write_all(self._fd, chunk)
-            self._file_hash.update(chunk)
             if tensor:
                 self._tensor_hash.update(chunk)
             self._size += len(chunk)
@@ -412,8 +456,8 @@ class PartWriter:
     def _close(self) -> WrittenFile:
         if self._next != len(self.entries):
             raise RuntimeError(f"part {self.name}: {len(self.entries) - self._next} declared tensors not written")
-        digest = self._file_hash.close()["file"]
         tensor_digests = self._tensor_hash.close()
+        digest = part_digest(self._header, (tensor_digests[e.name] for e in self.entries))
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = None
@@ -434,11 +478,10 @@ class PartWriter:
             except OSError:
                 pass
             self._fd = None
-        for t in (self._file_hash, self._tensor_hash):
-            try:
-                t.close()
-            except BaseException:  # pragma: no cover
-                pass
+        try:
+            self._tensor_hash.close()
+        except BaseException:  # pragma: no cover
+            pass
         try:
             if self.temp.exists() or self.temp.is_symlink():
                 self.temp.unlink()

@@ -18,15 +18,31 @@ from .generic import check_pad, filled
 from .transform import Transform, register
 
 
+def _wide(x: torch.Tensor, dims: tuple[int, ...], inner_kept: bool) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Contiguous `x` as the widest integer-like dtype whose items lie inside its innermost axis of `dims`
+    when that axis stays innermost (a permutation then moves 16- or 8-byte items, not bytes), with `dims`
+    rescaled to it. complex128 / int64 copies move bits unchanged (no float arithmetic), so this is exact."""
+    flat = x.contiguous().reshape(-1).view(torch.uint8)
+    inner = dims[-1] * x.element_size()
+    if inner_kept:
+        for dt in (torch.complex128, torch.int64, torch.int32, torch.int16):
+            w = dt.itemsize
+            if inner % w == 0 and flat.data_ptr() % w == 0:
+                return flat.view(dt), tuple(dims[:-1]) + (inner // w,)
+    return flat, tuple(dims[:-1]) + (inner,)
+
+
 def _permuted(x: torch.Tensor, dims: tuple[int, ...], perm: tuple[int, ...]) -> torch.Tensor:
     """x viewed as `dims`, permuted to `perm`, made contiguous, viewed back to x's shape."""
-    return x.contiguous().view(dims).permute(perm).contiguous().view(x.shape)
+    w, wdims = _wide(x, dims, perm[-1] == len(dims) - 1)
+    out = w.view(wdims).permute(perm).contiguous()
+    return out.view(-1).view(torch.uint8).view(x.dtype).view(x.shape)
 
 
 def _unpermuted(y: torch.Tensor, dims: tuple[int, ...], perm: tuple[int, ...]) -> torch.Tensor:
     """The inverse of `_permuted(., dims, perm)`."""
     inv = tuple(sorted(range(len(perm)), key=lambda i: perm[i]))
-    return y.contiguous().view(tuple(dims[p] for p in perm)).permute(inv).contiguous().view(y.shape)
+    return _permuted(y, tuple(dims[p] for p in perm), inv)
 
 
 def _need(cond: bool, who: str, what: str, x: torch.Tensor) -> None:

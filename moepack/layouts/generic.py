@@ -83,8 +83,10 @@ def _pad_along(x: torch.Tensor, dim: int, to: int, value) -> torch.Tensor:
     if have == to:
         return x.contiguous()
     shape = list(x.shape)
-    shape[dim] = to - have
-    return torch.cat([x, filled(shape, value, x)], dim=dim)
+    shape[dim] = to
+    out = filled(shape, value, x)
+    out.narrow(dim, 0, have).copy_(x)
+    return out
 
 
 def check_pad(p: torch.Tensor, value, who: str) -> None:
@@ -245,11 +247,14 @@ class TpSlice(Partition):
         d = _dim(x, self.dim, self.name)
         if x.shape[d] != self.halves * self.size:
             raise PlanError(f"{self.name}: dim {d} of {tuple(x.shape)} is not {self.halves} x {self.size}")
+        shape = list(x.shape)
+        shape[d] = self.halves * self.padded
         parts = []
         for a, b in self.ranges():
-            hs = [_pad_along(h.narrow(d, a, b - a), d, self.padded, self.pad_value)
-                  for h in _halves(x, d, self.halves, self.name)]
-            parts.append(torch.cat(hs, dim=d) if len(hs) > 1 else hs[0])
+            part = filled(shape, self.pad_value, x)     # one copy per part: each half's rows go into place
+            for i, h in enumerate(_halves(x, d, self.halves, self.name)):
+                part.narrow(d, i * self.padded, b - a).copy_(h.narrow(d, a, b - a))
+            parts.append(part)
         return parts
 
     def join(self, parts: list[torch.Tensor]) -> torch.Tensor:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..convert.manifest import Manifest, safe_member
+from ..convert.writer import part_digest
 from .hashing import hash_files
 from ..source.header import Header, HeaderError, read_header
 from .report import FAIL, OK, SKIP, Row
@@ -119,7 +120,11 @@ def check_tensor_headers(tensors: list[StoredTensor], headers: dict[str, Header]
 
 def check_hashes(manifest: Manifest, paths: dict[str, Path], tensors: list[StoredTensor],
                  headers: dict[str, Header], on_bytes=None) -> list[Row]:
-    """sha256 of every present file and of every listed tensor's bytes, one streamed read per file."""
+    """Every listed tensor's sha256 and every present file's hash, one streamed read per file.
+
+    A part file's record holds a `digest` (`convert.writer.part_digest`: its header block, then each
+    tensor's sha256 in offset order), computed from the tensor hashes of the same read; a copied file's
+    record holds the sha256 of the whole file (the whole-file hash runs only for those)."""
     by_file: dict[str, list[StoredTensor]] = {}
     for t in tensors:
         by_file.setdefault(t.file, []).append(t)
@@ -127,11 +132,15 @@ def check_hashes(manifest: Manifest, paths: dict[str, Path], tensors: list[Store
     jobs = []
     for name in names:
         h = headers.get(name)
+        rec = manifest["files"].get(name, {})
         spans = {}
         if h is not None:
-            spans = {t.name: (h.tensors[t.name].begin, h.tensors[t.name].end)
-                     for t in by_file.get(name, []) if t.name in h.tensors}
-        jobs.append((str(paths[name]), spans))
+            if "digest" in rec:     # every tensor of the header, listed or not, feeds the digest
+                spans = {n: (e.begin, e.end) for n, e in h.tensors.items()}
+            else:
+                spans = {t.name: (h.tensors[t.name].begin, h.tensors[t.name].end)
+                         for t in by_file.get(name, []) if t.name in h.tensors}
+        jobs.append((str(paths[name]), spans, "sha256" in rec or "digest" not in rec))
     digests = dict(zip(names, hash_files(jobs, on_bytes=on_bytes)))
 
     rows: list[Row] = []
@@ -139,11 +148,19 @@ def check_hashes(manifest: Manifest, paths: dict[str, Path], tensors: list[Store
         d = digests.get(name)
         if d is None:
             rows.append(Row(name, "file-sha256", SKIP, "file missing", rec["rank"]))
-        elif d.sha256 != rec["sha256"]:
-            rows.append(Row(name, "file-sha256", FAIL, f"sha256 {d.sha256[:16]}..., manifest {rec['sha256'][:16]}...",
-                            rec["rank"]))
-        else:
-            rows.append(Row(name, "file-sha256", OK, d.sha256[:16] + "...", rec["rank"]))
+            continue
+        bad, good = [], []
+        for what in ("digest", "sha256"):
+            if what not in rec:
+                continue
+            got = _part_digest(paths[name], headers.get(name), d) if what == "digest" else d.sha256
+            if got is None:
+                bad.append("header or tensor bytes unreadable (digest not computable)")
+            elif got != rec[what]:
+                bad.append(f"{what} {got[:16]}..., manifest {rec[what][:16]}...")
+            else:
+                good.append(f"{what} {got[:16]}...")
+        rows.append(Row(name, "file-sha256", FAIL if bad else OK, "; ".join(bad or good), rec["rank"]))
     for t in tensors:
         d = digests.get(t.file)
         got = d.tensors.get(t.name) if d is not None else None
@@ -155,3 +172,13 @@ def check_hashes(manifest: Manifest, paths: dict[str, Path], tensors: list[Store
         else:
             rows.append(Row(t.name, "tensor-sha256", OK, got[:16] + "...", t.rank))
     return rows
+
+
+def _part_digest(path: Path, h: Header | None, d) -> str | None:
+    """`part_digest` of a part file from its header block and the tensor hashes in `d`; None if unreadable."""
+    if h is None or any(n not in d.tensors for n in h.tensors):
+        return None
+    with open(path, "rb") as f:
+        block = f.read(h.data_start)
+    order = sorted(h.tensors, key=lambda n: (h.tensors[n].begin, h.tensors[n].end))
+    return part_digest(block, (d.tensors[n] for n in order))

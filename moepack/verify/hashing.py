@@ -1,4 +1,4 @@
-"""Streamed sha256 of whole files and of each tensor's bytes, in one sequential read per file.
+"""Streamed sha256 of whole files (optional) and of each tensor's bytes, in one sequential read per file.
 
 Files are read in `CHUNK` pieces; every piece updates the file's hash and the hash of each tensor
 whose byte range it overlaps, so a file is read once whatever it holds. hashlib releases the GIL,
@@ -22,15 +22,15 @@ class FileDigest:
     tensors: dict[str, str] = field(default_factory=dict)   # name -> sha256, only tensors read completely
 
 
-def hash_file(path: str | os.PathLike, spans: dict[str, tuple[int, int]] | None = None, on_bytes=None) -> FileDigest:
-    """sha256 of the file and of each `spans[name] = (begin, end)` absolute byte range within it.
-
-    A range that runs past the end of the file (truncated) gets no entry in `.tensors`.
-    `on_bytes(n)` is called after each chunk (progress bars)."""
+def hash_file(path: str | os.PathLike, spans: dict[str, tuple[int, int]] | None = None, on_bytes=None,
+              whole: bool = True) -> FileDigest:
+    """sha256 of the file (only if `whole`; else `.sha256` is "") and of each `spans[name] = (begin, end)`
+    absolute byte range within it. A range that runs past the end of the file (truncated) gets no entry in
+    `.tensors`. `on_bytes(n)` is called after each chunk (progress bars)."""
     spans = spans or {}
     order = sorted(((b, e, name) for name, (b, e) in spans.items()), key=lambda t: t[0])
     hashers = {name: hashlib.sha256() for _, _, name in order}
-    file_hash = hashlib.sha256()
+    file_hash = hashlib.sha256() if whole else None
     pos = 0
     first = 0          # index in `order` of the first span that may still overlap
     buf = bytearray(CHUNK)
@@ -41,7 +41,8 @@ def hash_file(path: str | os.PathLike, spans: dict[str, tuple[int, int]] | None 
             if not n:
                 break
             chunk = view[:n]
-            file_hash.update(chunk)
+            if file_hash is not None:
+                file_hash.update(chunk)
             lo, hi = pos, pos + n
             while first < len(order) and order[first][1] <= lo:
                 first += 1
@@ -56,17 +57,16 @@ def hash_file(path: str | os.PathLike, spans: dict[str, tuple[int, int]] | None 
             if on_bytes is not None:
                 on_bytes(n)
     digests = {name: hashers[name].hexdigest() for b, e, name in order if e <= pos}
-    return FileDigest(str(path), pos, file_hash.hexdigest(), digests)
+    return FileDigest(str(path), pos, file_hash.hexdigest() if file_hash is not None else "", digests)
 
 
-def hash_files(jobs: list[tuple[str, dict[str, tuple[int, int]]]], workers: int | None = None,
-               on_bytes=None) -> list[FileDigest]:
-    """`hash_file` over `(path, spans)` jobs in threads; results in job order."""
+def hash_files(jobs: list[tuple], workers: int | None = None, on_bytes=None) -> list[FileDigest]:
+    """`hash_file` over `(path, spans)` or `(path, spans, whole)` jobs in threads; results in job order."""
     workers = workers or min(4, os.cpu_count() or 1, max(1, len(jobs)))
     if workers <= 1 or len(jobs) <= 1:
-        return [hash_file(p, s, on_bytes) for p, s in jobs]
+        return [hash_file(*job[:2], on_bytes, *job[2:]) for job in jobs]
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda job: hash_file(job[0], job[1], on_bytes), jobs))
+        return list(pool.map(lambda job: hash_file(*job[:2], on_bytes, *job[2:]), jobs))
 
 
 def sha256_bytes(data) -> str:

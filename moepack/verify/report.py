@@ -19,7 +19,7 @@ CHECKS = {
     "header": "the safetensors header parses and holds the tensor with in-range, consistent offsets",
     "dtype": "the header dtype equals the manifest's",
     "shape": "the header shape equals the manifest's",
-    "file-sha256": "sha256 of the whole file equals the manifest's",
+    "file-sha256": "the file's digest (part files: header + tensor sha256s, see convert.writer.part_digest) or sha256 (copied files) equals the manifest's",
     "tensor-sha256": "sha256 of the tensor's bytes equals the manifest's",
     "source-file": "the source file's size and sha256 equal the manifest's provenance",
     "plan": "the manifest's chains and source pieces are what moepack plans for this source and target",

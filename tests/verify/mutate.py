@@ -43,6 +43,15 @@ def read_part(out: Path, e: dict, rank: int) -> torch.Tensor:
         return f.get_tensor(e["name"])
 
 
+def _file_digest(raw: bytes) -> str:
+    """A part file's manifest digest, computed here from its definition: sha256 of the header block
+    followed by each tensor's raw sha256, in data-offset order."""
+    n = int.from_bytes(raw[:8], "little")
+    spans = sorted(v["data_offsets"] for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__")
+    return hashlib.sha256(raw[:8 + n] + b"".join(hashlib.sha256(raw[8 + n + b:8 + n + e]).digest()
+                                                 for b, e in spans)).hexdigest()
+
+
 def write_parts(out: Path, data: dict, e: dict, parts: dict[int, torch.Tensor], rehash: bool = True) -> None:
     """Replace entry `e`'s stored tensor on each rank in `parts`, rewriting its file (other tensors kept);
     with `rehash`, the manifest's tensor hash, file size and file hash follow the new bytes."""
@@ -56,7 +65,7 @@ def write_parts(out: Path, data: dict, e: dict, parts: dict[int, torch.Tensor], 
         if rehash:
             rec["sha256"] = _sha(t)
             data["files"][rec["file"]]["size"] = path.stat().st_size
-            data["files"][rec["file"]]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            data["files"][rec["file"]]["digest"] = _file_digest(path.read_bytes())
     save_manifest(out, data)
 
 
