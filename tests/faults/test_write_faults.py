@@ -40,7 +40,8 @@ def in_subprocess(mode: str, *args, wait: bool = True):
 def content_hashes(out: Path) -> dict:
     """Every recorded hash of a finished conversion: files (not the manifest) and tensors per rank."""
     m = json.loads((out / "manifest.json").read_text())
-    return {"files": {n: (r["size"], r["sha256"]) for n, r in m["files"].items()},
+    # part files record `digest` (sha256 of header + tensor sha256s), copied files `sha256`
+    return {"files": {n: (r["size"], r.get("digest", r.get("sha256"))) for n, r in m["files"].items()},
             "experts": {e["name"]: [r["sha256"] for r in e["ranks"]] for e in m["experts"]},
             "shared": {n: r["sha256"] for n, r in m["shared"].items()}}
 
