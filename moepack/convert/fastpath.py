@@ -28,7 +28,7 @@ def _data_start(fd: int) -> int:
     return 8 + int.from_bytes(os.pread(fd, 8, 0), "little")
 
 
-def _pread_into(fd: int, dst: torch.Tensor, offset: int, what: str) -> None:
+def _pread_into(fd: int, dst: torch.Tensor, offset: int, what: str) -> memoryview:
     view = memoryview(dst.view(-1).view(torch.uint8).numpy()).cast("B")
     pos = 0
     while pos < len(view):
@@ -36,11 +36,13 @@ def _pread_into(fd: int, dst: torch.Tensor, offset: int, what: str) -> None:
         if n <= 0:
             raise FormatError(f"{what}: file ends inside the tensor's data")
         pos += n
+    return view
 
 
-def read_canonical_pread(ckpt: Checkpoint, ct: CanonicalTensor) -> torch.Tensor:
+def read_canonical_pread(ckpt: Checkpoint, ct: CanonicalTensor, on_read=None) -> torch.Tensor:
     """`read_canonical(ckpt, ct)` ([E, rows, ...] of `ct.dtype`) read with preadv where the target region is
-    contiguous; same checks (shape, item size) and FormatError messages for a piece that does not fit."""
+    contiguous; same checks (shape, item size) and FormatError messages for a piece that does not fit.
+    `on_read(file, file_offset, memoryview)` is called with each region read by preadv (source hashing)."""
     dtype = canonical_dtype(ct)
     out = torch.empty(ct.shape, dtype=dtype)
     slow = []
@@ -54,9 +56,12 @@ def read_canonical_pread(ckpt: Checkpoint, ct: CanonicalTensor) -> torch.Tensor:
             continue
         fd = os.open(ckpt.root / info.file, os.O_RDONLY)
         try:
-            _pread_into(fd, dst, _data_start(fd) + info.data_offsets[0], f"{info.file}: tensor {p.name}")
+            start = _data_start(fd) + info.data_offsets[0]
+            view = _pread_into(fd, dst, start, f"{info.file}: tensor {p.name}")
         finally:
             os.close(fd)
+        if on_read is not None:
+            on_read(info.file, start, view)
     if slow:   # the reference path, with its checks and messages, for the pieces above
         rest = dataclasses.replace(ct, pieces=tuple(slow))
         full = read_canonical(ckpt, rest)

@@ -5,7 +5,8 @@
 Order of work: open + describe + plan (no tensor data read) -> refuse a non-empty OUT unless --resume /
 --overwrite -> take OUT's lock -> remove manifest.json (the folder is incomplete from here on) -> run the
 units (one canonical tensor of one layer in memory at a time per worker; each finished unit is recorded in a
-small journal file `.moepack-done-{unit}.json`) while a thread hashes the source files -> copy config and
+small journal file `.moepack-done-{unit}.json`) while a thread hashes the source files from the bytes
+the units read (convert/provenance.py) -> copy config and
 tokenizer files -> write manifest.json -> drop the journal. Killed at any point, OUT has no manifest;
 `--resume` keeps the units whose journal fingerprint matches the new plan and whose files still hash to the
 recorded sha256, and redoes the rest. Output bytes are deterministic (no timestamps in the parts).
@@ -38,6 +39,7 @@ from ..numerics import E8M0_NAN
 from ..source.checkpoint import Checkpoint
 from .fastpath import apply_chain, read_canonical_pread
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest
+from .provenance import SourceHasher
 from .plan import LAYOUT_VERSION, ConvertPlan, Unit, build_plan
 from .writer import (LOCK_NAME, TEMP_SUFFIX, OutputLock, PartWriter, WrittenFile, check_out_dir,
                      environment_error, file_digest, parse_size, remove_temp_files, write_file_atomic)
@@ -66,8 +68,9 @@ def _journal(out: Path, unit: Unit) -> Path:
     return out / f"{JOURNAL_PREFIX}{unit.index}.json"
 
 
-def _read_source_bytes(root: Path, file: str, start: int, nbytes: int):
-    """Yield the bytes [start, start + nbytes) of a source file in chunks (no torch, any dtype)."""
+def _read_source_bytes(root: Path, file: str, start: int, nbytes: int, on_read=None):
+    """Yield the bytes [start, start + nbytes) of a source file in chunks (no torch, any dtype);
+    `on_read(file, offset, chunk)` sees each chunk (source hashing)."""
     fd = os.open(root / file, os.O_RDONLY)
     try:
         pos, end = start, start + nbytes
@@ -75,6 +78,8 @@ def _read_source_bytes(root: Path, file: str, start: int, nbytes: int):
             chunk = os.pread(fd, min(_READ_CHUNK, end - pos), pos)
             if not chunk:
                 raise SourceError(f"{file}: truncated while copying (at byte {pos} of {end})")
+            if on_read is not None:
+                on_read(file, pos, chunk)
             yield chunk
             pos += len(chunk)
     finally:
@@ -103,11 +108,12 @@ def check_scale_values(ckpt: Checkpoint, ct, canonical: torch.Tensor) -> None:
     raise FormatError(f"{ct.role}: scale holds {what}")  # pragma: no cover - pieces cover the tensor
 
 
-def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None) -> list[dict]:
+def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None, on_read=None) -> list[dict]:
     """Write the files of one unit and its journal entry; returns [WrittenFile.to_json()] in file order.
 
     Rank unit: for each item, read the canonical tensor, apply its chain, hand part r to rank r's writer.
-    Shared unit: copy each tensor's source bytes unchanged."""
+    Shared unit: copy each tensor's source bytes unchanged. `on_read(file, offset, bytes)` sees the source
+    bytes read (SourceHasher.feed)."""
     out_p = Path(out)
     ckpt = Checkpoint.open(root) if not unit.is_shared else None
     metadata = {"format": "pt"}
@@ -116,14 +122,14 @@ def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None
         if unit.is_shared:
             w = writers[0]
             for s in unit.shared:
-                w.write_raw(s.entry.name, _read_source_bytes(Path(root), s.file, s.start, s.entry.nbytes))
+                w.write_raw(s.entry.name, _read_source_bytes(Path(root), s.file, s.start, s.entry.nbytes, on_read))
                 _maybe_kill("tensor")
                 if on_bytes:
                     on_bytes(s.entry.nbytes)
         else:
             sink = stack.enter_context(_PartSink(writers, on_bytes))   # exits (joins) before the writers abort
             for item in unit.items:
-                canonical = read_canonical_pread(ckpt, item.canonical)
+                canonical = read_canonical_pread(ckpt, item.canonical, on_read)
                 ckpt.close()        # unmap what a piece read through safe_open touched (bounded RSS)
                 check_scale_values(ckpt, item.canonical, canonical)
                 if device != "cpu":
@@ -354,12 +360,17 @@ class _Progress:
             self.bar.close()
 
 
+def _in_process(workers: int, todo: list[Unit]) -> bool:
+    return workers <= 1 or len(todo) <= 1
+
+
 def _run_units(plan: ConvertPlan, out: Path, todo: list[Unit], workers: int, device: str,
-               progress: _Progress) -> dict[str, dict]:
+               progress: _Progress, on_read=None) -> dict[str, dict]:
     written: dict[str, dict] = {}
-    if workers <= 1 or len(todo) <= 1:
-        for u in todo:
-            for rec in run_unit(str(plan.root), str(out), u, device, progress.update):
+    if _in_process(workers, todo):
+        # shared units first: their tensors lead most source files, so the source hash reads files in order
+        for u in sorted(todo, key=lambda u: not u.is_shared):
+            for rec in run_unit(str(plan.root), str(out), u, device, progress.update, on_read):
                 written[rec["name"]] = rec
         return written
     import multiprocessing as mp
@@ -428,10 +439,18 @@ def convert(src, out, backend: str, hardware: str, tp: int = 1, ep: int = 1, wor
                 todo.append(u)
             else:
                 done.update({r["name"]: r for r in recs})
-        hasher = _Background(ckpt.provenance, 1)
+        if _in_process(workers, todo):   # hashes the bytes the units read (one read of the source)
+            hasher = SourceHasher(ckpt)
+            on_read = hasher.feed
+        else:                           # --workers children read the source: hash it again in a thread
+            hasher, on_read = _Background(ckpt.provenance, 1), None
         bar = _Progress(sum(u.nbytes for u in todo), progress)
         try:
-            written = _run_units(plan, out, todo, workers, device, bar)
+            written = _run_units(plan, out, todo, workers, device, bar, on_read)
+        except BaseException:
+            if isinstance(hasher, SourceHasher):
+                hasher.close()
+            raise
         finally:
             bar.close()
         written.update(done)
