@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import torch
@@ -19,9 +20,54 @@ import torch
 from ..errors import FormatError
 from ..formats.assemble import _target, canonical_dtype, read_canonical
 from ..formats.model import CanonicalTensor
-from ..layouts.generic import DeinterleaveGateUp, Pad, TpSlice, filled
+from ..layouts import generic
+from ..layouts.generic import DeinterleaveGateUp, Pad, TpSlice, filled, new_buffer
 from ..layouts.transform import Chain, Partition
 from ..source.checkpoint import Checkpoint
+
+
+class BufferPool:
+    """Reused CPU buffers for the transforms' large outputs (>= MIN_BYTES), so a converted tensor's parts land
+    in memory that is already mapped (a fresh 75 MB buffer costs ~10 ms of page zeroing here).
+
+        with BufferPool():      # on this thread, layouts.generic.new_buffer (filled, AITER permutes) take from it
+            parts = apply_chain(chain, x)
+
+    A buffer is handed out again only once nothing else uses its storage (no tensor, view, numpy array or
+    memoryview of it: the writer and hash threads hold those until the bytes are written and hashed), so
+    reuse never changes bytes still in flight. Buffers live as long as the pool: at most the peak number
+    alive at once, per size."""
+
+    MIN_BYTES = 1 << 20
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[tuple[torch.Tensor, int]]] = {}
+
+    @staticmethod
+    def _users(buf: torch.Tensor) -> int:
+        return torch._C._storage_Use_Count(buf.untyped_storage()._cdata)
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor of `shape` and `dtype` (contiguous, 64-byte aligned)."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < self.MIN_BYTES:
+            return torch.empty(shape, dtype=dtype)
+        bufs = self._free.setdefault(nbytes, [])
+        for buf, idle in bufs:
+            if self._users(buf) == idle:
+                return buf.view(dtype).view(shape)
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        bufs.append((buf, self._users(buf)))
+        return buf.view(dtype).view(shape)
+
+    def __enter__(self) -> "BufferPool":
+        self._outer = getattr(generic._buffers, "pool", None)
+        generic._buffers.pool = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        generic._buffers.pool = self._outer
+        self._free.clear()
 
 
 def _data_start(fd: int) -> int:
@@ -44,7 +90,7 @@ def read_canonical_pread(ckpt: Checkpoint, ct: CanonicalTensor, on_read=None) ->
     contiguous; same checks (shape, item size) and FormatError messages for a piece that does not fit.
     `on_read(file, file_offset, memoryview)` is called with each region read by preadv (source hashing)."""
     dtype = canonical_dtype(ct)
-    out = torch.empty(ct.shape, dtype=dtype)
+    out = new_buffer(ct.shape, dtype)
     slow = []
     for p in ct.pieces:
         info = ckpt.info(p.name)

@@ -37,7 +37,7 @@ from ..formats.detect import describe
 from ..layouts.targets import get_target
 from ..numerics import E8M0_NAN
 from ..source.checkpoint import Checkpoint
-from .fastpath import apply_chain, read_canonical_pread
+from .fastpath import BufferPool, apply_chain, read_canonical_pread
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest
 from .provenance import SourceHasher
 from .plan import LAYOUT_VERSION, ConvertPlan, Unit, build_plan
@@ -128,6 +128,7 @@ def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None
                     on_bytes(s.entry.nbytes)
         else:
             sink = stack.enter_context(_PartSink(writers, on_bytes))   # exits (joins) before the writers abort
+            stack.enter_context(BufferPool())                          # reused part buffers (this thread)
             for item in unit.items:
                 canonical = read_canonical_pread(ckpt, item.canonical, on_read)
                 ckpt.close()        # unmap what a piece read through safe_open touched (bounded RSS)

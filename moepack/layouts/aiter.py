@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import PlanError
-from .generic import check_pad, filled
+from .generic import check_pad, filled, new_buffer
 from .transform import Transform, register
 
 
@@ -35,7 +35,8 @@ def _wide(x: torch.Tensor, dims: tuple[int, ...], inner_kept: bool) -> tuple[tor
 def _permuted(x: torch.Tensor, dims: tuple[int, ...], perm: tuple[int, ...]) -> torch.Tensor:
     """x viewed as `dims`, permuted to `perm`, made contiguous, viewed back to x's shape."""
     w, wdims = _wide(x, dims, perm[-1] == len(dims) - 1)
-    out = w.view(wdims).permute(perm).contiguous()
+    src = w.view(wdims).permute(perm)
+    out = new_buffer(src.shape, src.dtype, src.device).copy_(src)
     return out.view(-1).view(torch.uint8).view(x.dtype).view(x.shape)
 
 

@@ -10,6 +10,7 @@ Offsets come from these UNPADDED sizes only (the vLLM #42595 bug computed them f
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -42,11 +43,23 @@ def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+_buffers = threading.local()     # .pool: the BufferPool new_buffer takes from on this thread (convert)
+
+
+def new_buffer(shape, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """torch.empty(shape, dtype, device); on CPU, from this thread's active buffer pool if one is set
+    (convert/fastpath.BufferPool: reused buffers cost no page faults). Contents undefined."""
+    pool = getattr(_buffers, "pool", None)
+    if pool is not None and (device is None or torch.device(device).type == "cpu"):
+        return pool.take(tuple(shape), dtype)
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
 def filled(shape, value, like: torch.Tensor) -> torch.Tensor:
     """A tensor of `shape` with dtype/device of `like`, every element `value` (0 for float8 too)."""
     if like.dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz) and value == 0:
-        return torch.zeros(shape, dtype=torch.uint8, device=like.device).view(like.dtype)
-    return torch.full(tuple(shape), value, dtype=like.dtype, device=like.device)
+        return new_buffer(shape, torch.uint8, like.device).zero_().view(like.dtype)
+    return new_buffer(shape, like.dtype, like.device).fill_(value)
 
 
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -459,7 +472,7 @@ class CastDtype(Transform):
 
 
 __all__ = [
-    "tp_ranges", "round_up", "filled", "same_bytes", "check_pad",
+    "tp_ranges", "round_up", "new_buffer", "filled", "same_bytes", "check_pad",
     "DeinterleaveGateUp", "InterleaveGateUp", "SwapHalves",
     "EpSelect", "Replicate", "TpSlice", "BlockAlignedTpSlice", "Pad", "CastDtype",
 ]

@@ -93,3 +93,23 @@ def test_apply_chain_on_real_plans(tmp_path, example, tp):
             fused += _fusable(lp.chains[role]) is not None
     assert fused > 0 or desc.quant == "fp8_block"     # fp8_block slices are block-aligned: not fused
     ckpt.close()
+
+
+def test_buffer_pool_reuses_only_buffers_nothing_holds():
+    from moepack.convert.fastpath import BufferPool
+    from moepack.layouts.generic import new_buffer
+    shape = (2, BufferPool.MIN_BYTES // 2)
+    with BufferPool():
+        a = new_buffer(shape, torch.uint8)
+        ptr = a.data_ptr()
+        held = memoryview(a[1].numpy())          # the writer / hash threads hold such views
+        del a
+        b = new_buffer(shape, torch.uint8)
+        assert b.data_ptr() != ptr               # still in use: a new buffer
+        del held
+        c = new_buffer((shape[1],), torch.int16)  # same byte size, other dtype: the free one comes back
+        assert c.data_ptr() == ptr and c.dtype == torch.int16 and tuple(c.shape) == (shape[1],)
+        small = new_buffer((3,), torch.float32)
+        assert small.shape == (3,)
+    d = new_buffer(shape, torch.uint8)           # no pool outside the block
+    assert d.data_ptr() not in (ptr, b.data_ptr())
