@@ -8,7 +8,6 @@ The manifest is written last (`save`), atomically: its presence means the folder
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator
 

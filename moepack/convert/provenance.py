@@ -13,7 +13,6 @@ and when convert reads a file front to back (the shared unit first, then the lay
 from __future__ import annotations
 
 import hashlib
-import os
 import queue
 import threading
 from pathlib import Path

@@ -41,7 +41,7 @@ from .fastpath import BufferPool, apply_chain, read_canonical_pread
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest
 from .provenance import SourceHasher
 from .plan import LAYOUT_VERSION, ConvertPlan, Unit, build_plan
-from .writer import (LOCK_NAME, TEMP_SUFFIX, OutputLock, PartWriter, WrittenFile, check_out_dir,
+from .writer import (LOCK_NAME, TEMP_SUFFIX, OutputLock, PartWriter, check_out_dir,
                      environment_error, file_digest, parse_size, remove_temp_files, write_file_atomic)
 
 JOURNAL_PREFIX = ".moepack-done-"

@@ -2,7 +2,7 @@
 
 - `cli(*args) -> CliResult`: `moepack ARGS` in this process (exit code, stdout, stderr).
 - `src_copy(name) -> Path`: a writable copy of a tiny example checkpoint, to damage.
-- `converted(name, backend, hardware, tp, ep) -> Path`: one clean conversion per session and combination
+- `converted(name, backend, hardware, tp, ep) -> Path` (tests/conftest.py): one clean conversion per session and combination
   (read-only); `out_copy(folder) -> Path`: a writable copy of it, to tamper with.
 """
 from __future__ import annotations
@@ -36,22 +36,6 @@ def convert_api(src, out, backend="triton", hardware="h100", tp=1, ep=1, **kwarg
     from moepack.convert.run import convert
 
     return convert(src, out, backend=backend, hardware=hardware, tp=tp, ep=ep, progress=False, **kwargs)
-
-
-@pytest.fixture(scope="session")
-def converted(example_ckpt, tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults-converted")
-    cache = {}
-
-    def make(name="gpt-oss", backend="triton", hardware="h100", tp=2, ep=1):
-        key = (name, backend, hardware, tp, ep)
-        if key not in cache:
-            out = root / "-".join(map(str, key))
-            convert_api(example_ckpt(name), out, backend, hardware, tp, ep)
-            cache[key] = out
-        return cache[key]
-
-    return make
 
 
 @pytest.fixture
