@@ -70,10 +70,6 @@ class BufferPool:
         self._free.clear()
 
 
-def _data_start(fd: int) -> int:
-    return 8 + int.from_bytes(os.pread(fd, 8, 0), "little")
-
-
 def _pread_into(fd: int, dst: torch.Tensor, offset: int, what: str) -> memoryview:
     view = memoryview(dst.view(-1).view(torch.uint8).numpy()).cast("B")
     pos = 0
@@ -102,7 +98,7 @@ def read_canonical_pread(ckpt: Checkpoint, ct: CanonicalTensor, on_read=None) ->
             continue
         fd = os.open(ckpt.root / info.file, os.O_RDONLY)
         try:
-            start = _data_start(fd) + info.data_offsets[0]
+            start = info.file_offset
             view = _pread_into(fd, dst, start, f"{info.file}: tensor {p.name}")
         finally:
             os.close(fd)

@@ -168,11 +168,6 @@ def _layer_groups(layers: list[int], weights: dict[int, int], workers: int) -> l
     return [g for g in groups if g]
 
 
-def _data_start(path: Path) -> int:
-    with open(path, "rb") as f:
-        return 8 + int.from_bytes(f.read(8), "little")
-
-
 def build_plan(ckpt: Checkpoint, desc: ModelDescription, target: Target, tp: int = 1, ep: int = 1,
                max_shard_bytes: int = 5 * 10**9, workers: int = 1) -> ConvertPlan:
     """Plan every layer (`plan_layer`), every stored tensor and every part file. PlanError if impossible."""
@@ -236,12 +231,11 @@ def build_plan(ckpt: Checkpoint, desc: ModelDescription, target: Target, tp: int
                               source_stat=source_stat(pc.name for it in chosen for pc in it.canonical.pieces)))
 
     # shared units
-    starts = {f.name: _data_start(f) for f in ckpt.files}
     sources = {}
     for name in shared_names:
         info = ckpt.info(name)
         sources[name] = SharedSource(TensorEntry(name, info.dtype, tuple(info.shape), info.nbytes),
-                                     info.file, starts[info.file] + info.data_offsets[0])
+                                     info.file, info.file_offset)
     for sp, part in enumerate(split_parts([s.entry for s in sources.values()], max_shard_bytes)):
         units.append(Unit(len(units), (shared_part_name(sp),), shared=tuple(sources[e.name] for e in part),
                           source_stat=source_stat(e.name for e in part)))

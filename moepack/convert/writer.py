@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..errors import BadInputError, EnvironmentError_
+from ..source.header import HeaderError, read_header
 
 LOCK_NAME = ".moepack.lock"
 TEMP_SUFFIX = ".tmp"
@@ -326,20 +327,18 @@ def part_digest(header_block: bytes, tensor_sha256: Iterable[str]) -> str:
 
 def file_digest(path: Path | str) -> tuple[int, str]:
     """(size, `part_digest`) of an existing part file, re-hashing each tensor from disk (resume).
-    ValueError if the header is not one of ours (tensors not back to back from the data start)."""
+    ValueError if the header is malformed (`moepack.source.header`'s checks) or not one of ours
+    (tensors not back to back from the data start, bytes after the last one)."""
+    try:
+        header = read_header(path)
+    except HeaderError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    spans = sorted((t.begin, t.end) for t in header.tensors.values())
+    digests, pos = [], header.data_start
+    buf = bytearray(CHUNK)
     with open(path, "rb", buffering=0) as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path}: no safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100 << 20:
-            raise ValueError(f"{path}: header too large")
-        raw = f.read(n)
-        header = json.loads(raw)
-        spans = sorted((v["data_offsets"], k) for k, v in header.items() if k != "__metadata__")
-        digests, pos = [], 0
-        buf = bytearray(CHUNK)
-        for (b, e), _ in spans:
+        header_block = f.read(header.data_start)
+        for b, e in spans:
             if b != pos:
                 raise ValueError(f"{path}: tensor data not back to back")
             h = hashlib.sha256()
@@ -352,10 +351,9 @@ def file_digest(path: Path | str) -> tuple[int, str]:
                 left -= got
             digests.append(h.hexdigest())
             pos = e
-        size = 8 + n + pos
         if f.read(1):
             raise ValueError(f"{path}: bytes after the last tensor")
-    return size, part_digest(head + raw, digests)
+    return pos, part_digest(header_block, digests)
 
 
 class PartWriter:

@@ -70,10 +70,16 @@ class TensorInfo:
     dtype: str                         # safetensors dtype string, e.g. "U8", "F8_E4M3"
     shape: tuple[int, ...]
     data_offsets: tuple[int, int]      # byte range inside the file's data section
+    data_start: int = 0                # where the file's data section starts (8 + header length)
 
     @property
     def offsets(self) -> tuple[int, int]:
         return self.data_offsets
+
+    @property
+    def file_offset(self) -> int:
+        """Absolute byte offset of the tensor's first byte in its file."""
+        return self.data_start + self.data_offsets[0]
 
     @property
     def nbytes(self) -> int:
@@ -104,7 +110,8 @@ def read_header(path: Path, name: str | None = None) -> dict[str, TensorInfo]:
             raise SourceError(f"{label}: tensor {tname}: unknown dtype {t.dtype!r}")
         if t.dtype == "F4" and t.shape and t.shape[-1] % 2:
             raise SourceError(f"{label}: tensor {tname}: F4 tensor with an odd last dim {list(t.shape)}")
-        infos[tname] = TensorInfo(tname, label, t.dtype, tuple(t.shape), (t.begin - h.data_start, t.end - h.data_start))
+        infos[tname] = TensorInfo(tname, label, t.dtype, tuple(t.shape), (t.begin - h.data_start, t.end - h.data_start),
+                                  h.data_start)
     past = sorted((t.end, n) for n, t in h.tensors.items() if h.past_end(n))
     if past:
         end, last = past[-1]
