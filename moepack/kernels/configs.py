@@ -14,6 +14,10 @@ else TP1) at its own M bucket; M between buckets uses the next larger bucket.
   gemm2 over w2 rows). FP8 always steps K by 128 (one scale block).
 - prequant (fp8_block): quantize activations in one pass before each GEMM instead of in every N-tile
   program.
+- atomic_combine: gemm2 adds each routed row into the token's float32 output with atomics instead of
+  writing y [T*k, H] for a separate top-k sum (summation order, so the last bit, varies between runs).
+- swap_ab (per GEMM): the program computes the transposed tile, weights x tokens, so the weight tile is the
+  MMA's left (64-row, register-capable on Hopper) operand and block_m tokens sit on the narrow side.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ class GemmConfig:
     block_k: int
     num_warps: int
     num_stages: int
+    swap_ab: bool = False      # accumulate [BN, BM] = W @ A.T (weights on the MMA's wide side)
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class MoEConfig:
     gemm2: GemmConfig
     group_m: int = 8
     prequant: bool = False     # fp8_block: quantize activations in one pass before each GEMM
+    atomic_combine: bool = False   # gemm2 adds into a float32 [T, H] with atomics (no y round trip)
 
 
 BUCKETS = (1, 8, 64, 256, 1024, 4096, 16384)
@@ -98,13 +104,13 @@ def pick(quant: str, M: int, E: int, topk: int, H: int, Ip: int) -> MoEConfig:
 
 def shipped_configs(quant: str) -> list[MoEConfig]:
     """The tuned configs of `quant`'s family that differ in what correctness can depend on (routing path,
-    block_m, prequant, block_k of each GEMM): one representative each, for tests that run them all."""
+    block_m, prequant, block_k and swap_ab of each GEMM): one representative each, for tests that run them all."""
     fam = "mxfp4" if quant == "mxfp4" else "fp8_block"
     seen: dict[tuple, MoEConfig] = {}
     for (q, _, _), table in TUNED.items():
         if q != fam:
             continue
         for per_pair, block_m, prequant, g1, g2 in table.values():
-            key = (per_pair, block_m, prequant, g1.block_k, g2.block_k)
+            key = (per_pair, block_m, prequant, g1.block_k, g2.block_k, g1.swap_ab, g2.swap_ab)
             seen.setdefault(key, MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2, prequant=prequant))
     return list(seen.values())

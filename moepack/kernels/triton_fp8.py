@@ -42,8 +42,9 @@ def _quant_rows(a, SOFT_RNE: tl.constexpr):
 
 @triton.jit
 def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws_rows, stride_wsk, offs_n, mask_n, k0, K,
-                   BK: tl.constexpr, SOFT_RNE: tl.constexpr, PREQ: tl.constexpr):
-    """acc [BM, BN] += dequant(quant(A[:, k0:k0+128])) @ dequant(W[offs_n, k0:k0+128]).T.
+                   BK: tl.constexpr, SOFT_RNE: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr):
+    """acc [BM, BN] += dequant(quant(A[:, k0:k0+128])) @ dequant(W[offs_n, k0:k0+128]).T; with SWAP
+    acc is [BN, BM] and gets the transpose (W @ A.T: weights on the MMA's 64-row side, tokens on N).
 
     ws_rows: [BN] pointers to each weight row's scale row (column block 0); stride_wsk per 128 of K."""
     offs_k = k0 + tl.arange(0, BK)
@@ -53,24 +54,31 @@ def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws_rows, stride_wsk, 
     ws = tl.load(ws_rows + (k0 // 128) * stride_wsk, mask=mask_n, other=0.0)
     if PREQ:
         qa = a
-        sa = tl.load(as_rows[:, None] + k0 // 128, mask=a_mask_m, other=0.0)    # [BM, 1]
+        sa = tl.load(as_rows + k0 // 128, mask=tl.reshape(a_mask_m, [a_mask_m.shape[0]]), other=0.0)  # [BM]
     else:
-        qa, s_rows = _quant_rows(a, SOFT_RNE)
-        sa = s_rows[:, None]
-    part = tl.dot(qa, tl.trans(w))
-    return acc + part * sa * ws[None, :]
+        qa, sa = _quant_rows(a, SOFT_RNE)
+    if SWAP:
+        acc = acc + tl.dot(w, tl.trans(qa)) * ws[:, None] * sa[None, :]
+    else:
+        acc = acc + tl.dot(qa, tl.trans(w)) * sa[:, None] * ws[None, :]
+    return acc
 
 
 @triton.jit
 def fp8_tensor_step(acc, a_base, a_mask_m, w_base, inv_in_scale, offs_n, mask_n, k0, K, BK: tl.constexpr,
-                    SOFT_RNE: tl.constexpr):
-    """acc [BM, BN] += quant(A[:, k0:k0+BK] / s_in) @ W[offs_n, k0:k0+BK].T (scalars applied by the caller)."""
+                    SOFT_RNE: tl.constexpr, SWAP: tl.constexpr):
+    """acc [BM, BN] += quant(A[:, k0:k0+BK] / s_in) @ W[offs_n, k0:k0+BK].T (scalars applied by the caller);
+    with SWAP acc is [BN, BM] and gets the transpose."""
     offs_k = k0 + tl.arange(0, BK)
     mk = offs_k < K
     a = tl.load(a_base + offs_k[None, :], mask=a_mask_m & mk[None, :], other=0.0)
     w = tl.load(w_base + offs_k[None, :], mask=mask_n[:, None] & mk[None, :], other=0.0)
     qa = to_e4m3(tl.minimum(tl.maximum(a.to(tl.float32) * inv_in_scale, -FP8_MAX), FP8_MAX), SOFT_RNE)
-    return tl.dot(qa, tl.trans(w), acc)
+    if SWAP:
+        acc = tl.dot(w, tl.trans(qa), acc)
+    else:
+        acc = tl.dot(qa, tl.trans(w), acc)
+    return acc
 
 
 @triton.jit

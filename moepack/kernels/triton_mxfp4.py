@@ -73,8 +73,10 @@ def _expand_scale_bf16(scale, BN: tl.constexpr, BK: tl.constexpr, CH: tl.constex
 
 @triton.jit
 def mxfp4_step(acc, a_base, a_mask_m, w_base, s_base, stride_sk, offs_n, mask_n, k0, K,
-               BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr, BF16_ASM: tl.constexpr):
-    """acc [BM, BN] += A[:, k0:k0+BK] @ W[offs_n, k0:k0+BK].T for one K-step.
+               BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr, BF16_ASM: tl.constexpr, SWAP: tl.constexpr):
+    """acc [BM, BN] += A[:, k0:k0+BK] @ W[offs_n, k0:k0+BK].T for one K-step; with SWAP the accumulator is
+    the transpose, acc [BN, BM] += W @ A.T (swap-AB: the decoded weight tile is the MMA's left operand,
+    which Hopper's wgmma takes from registers, and the tokens are its narrow N side).
 
     a_base: [BM, 1] pointers to the activation rows (contiguous along K); w_base: [BN, 1] pointers to the
     packed rows; s_base: [1, BN] pointers to the scale columns (row stride stride_sk per 32 elements)."""
@@ -97,6 +99,10 @@ def mxfp4_step(acc, a_base, a_mask_m, w_base, s_base, stride_sk, offs_n, mask_n,
     else:
         w_lo = _decode(wb & 15, s_lo, BN, BK, CH, a_lo.dtype)
         w_hi = _decode(wb >> 4, s_hi, BN, BK, CH, a_lo.dtype)
-    acc = tl.dot(a_lo, tl.trans(w_lo), acc)
-    acc = tl.dot(a_hi, tl.trans(w_hi), acc)
+    if SWAP:
+        acc = tl.dot(w_lo, tl.trans(a_lo), acc)
+        acc = tl.dot(w_hi, tl.trans(a_hi), acc)
+    else:
+        acc = tl.dot(a_lo, tl.trans(w_lo), acc)
+        acc = tl.dot(a_hi, tl.trans(w_hi), acc)
     return acc

@@ -17,20 +17,23 @@ from moepack.kernels.triton_moe import fused_moe  # noqa: E402
 
 
 def main(names):
-    """Two runs per case: sorted path with float32 activations, per-pair path with float16; MXFP4 cases
-    also a third, sorted with K steps of 256 (longer than the case's K: the masked tail of a K step). Reports the error against plain float64 and, for fp8, against float64 with the activation
+    """Four runs per case: sorted path with float32 activations and per-pair path with float16, each with
+    plain tiles and with swap-AB tiles (W @ A.T) + the atomic top-k sum; MXFP4 cases also a fourth, sorted + swap-AB with K steps of 256 (longer than
+    the case's K: the masked tail of a K step). Reports the error against plain float64 and, for fp8, against float64 with the activation
     quantization emulated (the kernel's rounding, checked tightly)."""
     results = {}
     for name in names:
-        runs = [(False, torch.float32, 64), (True, torch.float16, 64)]
+        runs = [(False, torch.float32, 64, False), (True, torch.float16, 64, False),
+                (False, torch.float32, 64, True), (True, torch.float16, 64, True)]
         if CASES[name][0] == "mxfp4":
-            runs.append((False, torch.float32, 256))
-        for per_pair, x_dtype, bk in runs:
+            runs.append((False, torch.float32, 256, True))
+        for per_pair, x_dtype, bk, swap in runs:
             x, tw, ids, local, stored, meta = make_case(name, seed=len(results), x_dtype=x_dtype)
-            g = GemmConfig(block_n=32, block_k=bk, num_warps=4, num_stages=1)
-            cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g, prequant=not per_pair)
+            g = GemmConfig(block_n=32, block_k=bk, num_warps=4, num_stages=1, swap_ab=swap)
+            cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g, prequant=not per_pair,
+                            atomic_combine=swap)
             out = fused_moe(x, tw, ids, stored, meta, config=cfg)
-            key = f"{name}/{'pair' if per_pair else 'sorted'}/{str(x_dtype)[6:]}/bk{bk}"
+            key = f"{name}/{'pair' if per_pair else 'sorted'}/{str(x_dtype)[6:]}/bk{bk}{'/swap' if swap else ''}"
             if out.dtype != x.dtype or out.shape != x.shape:
                 results[key] = {"plain": float("inf")}
                 continue
