@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import EnvironmentError_, ManifestError
+from ..hashing import TENSOR_HASH, TENSOR_HASH_HEX_LEN
 from .writer import is_plain_name, write_file_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2                 # 2: tensor records carry xxh3_128 (1: sha256)
 MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "manifest.schema.json"
 
@@ -44,8 +45,8 @@ REQUIRED: dict[str, dict[str, tuple]] = {
     "experts[]": {"layer": _INT, "role": _STR, "name": _STR, "logical_shape": _LIST, "logical_dtype": _STR,
                   "sources": _LIST, "chain": _LIST, "ranks": _LIST},
     "experts[].sources[]": {"name": _STR, "expert": _OPT_INT, "rows": _LIST, "shape": _LIST, "dtype": _STR},
-    "experts[].ranks[]": {"file": _STR, "dtype": _STR, "shape": _LIST, "sha256": _STR},
-    "shared{}": {"file": _STR, "dtype": _STR, "shape": _LIST, "sha256": _STR},
+    "experts[].ranks[]": {"file": _STR, "dtype": _STR, "shape": _LIST, TENSOR_HASH: _STR},
+    "shared{}": {"file": _STR, "dtype": _STR, "shape": _LIST, TENSOR_HASH: _STR},
 }
 
 
@@ -94,16 +95,16 @@ def _check_int_list(v: Any, where: str) -> None:
         raise ManifestError(f"manifest {where} must be a list of non-negative integers")
 
 
-def _check_sha(v: str, where: str) -> None:
-    if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
-        raise ManifestError(f"manifest {where} is not a sha256 hex digest")
+def _check_hex(v: str, where: str, algo: str = "sha256", length: int = 64) -> None:
+    if len(v) != length or any(c not in "0123456789abcdef" for c in v):
+        raise ManifestError(f"manifest {where} must be {length} lowercase hex characters (a {algo} digest)")
 
 
 def _check_stored(rec: Any, kind: str, where: str) -> None:
-    """A stored tensor record: file, dtype, shape (non-negative ints), sha256."""
+    """A stored tensor record: file, dtype, shape (non-negative ints), tensor hash (`moepack.hashing`)."""
     _check_record(rec, kind, where)
     _check_int_list(rec["shape"], f"{where}.shape")
-    _check_sha(rec["sha256"], f"{where}.sha256")
+    _check_hex(rec[TENSOR_HASH], f"{where}.{TENSOR_HASH}", TENSOR_HASH, TENSOR_HASH_HEX_LEN)
 
 
 class Manifest:
@@ -163,6 +164,8 @@ class Manifest:
         version = d.get("moepack_manifest")
         if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
             raise ManifestError(f"manifest made by a newer moepack (schema {version} > {SCHEMA_VERSION}); upgrade moepack")
+        if isinstance(version, int) and not isinstance(version, bool) and 1 <= version < SCHEMA_VERSION:
+            raise ManifestError(f"manifest.json: schema version {version} was written by an older moepack; convert again")
         _check_record(d, "", "")
         if version != SCHEMA_VERSION:
             raise ManifestError(f"manifest schema {version} is not supported (expected {SCHEMA_VERSION})")
@@ -170,7 +173,7 @@ class Manifest:
             _check_record(d[key], key, key)
         for i, f in enumerate(d["source"]["files"]):
             _check_record(f, "source.files[]", f"source.files[{i}]")
-            _check_sha(f["sha256"], f"source.files[{i}].sha256")
+            _check_hex(f["sha256"], f"source.files[{i}].sha256")
 
         files = d["files"]
         for name, rec in files.items():
@@ -181,7 +184,7 @@ class Manifest:
             for k in keys:
                 if not isinstance(rec[k], str):
                     raise ManifestError(f"manifest files[{name!r}].{k} must be string, got {type(rec[k]).__name__}")
-                _check_sha(rec[k], f"files[{name!r}].{k}")
+                _check_hex(rec[k], f"files[{name!r}].{k}")
             if root is not None:
                 safe_member(root, name)
             else:

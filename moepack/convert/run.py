@@ -9,7 +9,7 @@ small journal file `.moepack-done-{unit}.json`) while a thread hashes the source
 the units read (convert/provenance.py) -> copy config and
 tokenizer files -> write manifest.json -> drop the journal. Killed at any point, OUT has no manifest;
 `--resume` keeps the units whose journal fingerprint matches the new plan and whose files still hash to the
-recorded sha256, and redoes the rest. Output bytes are deterministic (no timestamps in the parts).
+recorded hashes, and redoes the rest. Output bytes are deterministic (no timestamps in the parts).
 
 Test hook: the environment variable MOEPACK_KILL_AT="tensor:N" | "part:N" | "manifest" makes the process
 SIGKILL itself at the N-th tensor written / part finished, or just before writing the manifest.
@@ -17,6 +17,7 @@ SIGKILL itself at the N-th tensor written / part finished, or just before writin
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ import torch
 from .. import __version__
 from ..errors import BadInputError, EnvironmentError_, FormatError, SourceError
 from ..formats.detect import describe
+from ..hashing import TENSOR_HASH
 from ..layouts.targets import get_target
 from ..numerics import E8M0_NAN
 from ..source.checkpoint import Checkpoint
@@ -154,7 +156,7 @@ def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None
 
 class _PartSink:
     """Writes each tensor's rank parts to the rank writers in a background thread, so the next tensor's
-    chain runs while this one is written and hashed (os.write and hashlib release the GIL). The queue holds
+    chain runs while this one is written and hashed (os.write and the hashes release the GIL). The queue holds
     one tensor's parts: with the one being written and the one being made, at most three are alive.
 
     `put(name, parts, nbytes)` blocks while the queue is full and re-raises a writer error (disk full ...);
@@ -232,6 +234,8 @@ def _unit_is_done(out: Path, unit: Unit) -> list[dict] | None:
         files = rec["files"]
         if [f["name"] for f in files] != list(unit.files):
             return None
+        if any(TENSOR_HASH not in t for f in files for t in f["tensors"].values()):
+            return None          # a journal of an older moepack (sha256 tensor hashes): redo the unit
         for f in files:
             p = out / f["name"]
             if p.is_symlink() or not p.is_file() or p.stat().st_size != f["size"] or file_digest(p) != (f["size"], f["digest"]):
@@ -310,13 +314,13 @@ def build_manifest(plan: ConvertPlan, ckpt: Checkpoint, written: dict[str, dict]
                          "dtype": p.dtype} for p in it.canonical.pieces],
             "chain": it.chain.to_json(),
             "ranks": [{"file": f, "dtype": it.stored.dtype, "shape": list(it.stored.shape),
-                       "sha256": written[f]["tensors"][it.name]["sha256"]} for f in u.files]})
+                       TENSOR_HASH: written[f]["tensors"][it.name][TENSOR_HASH]} for f in u.files]})
     shared = {}
     for u in plan.shared_units:
         f = u.files[0]
         for s in u.shared:
             shared[s.entry.name] = {"file": f, "dtype": s.entry.dtype, "shape": list(s.entry.shape),
-                                    "sha256": written[f]["tensors"][s.entry.name]["sha256"]}
+                                    TENSOR_HASH: written[f]["tensors"][s.entry.name][TENSOR_HASH]}
     target_json = {"backend": target.backend, "hardware": target.hardware, "arch": target.arch,
                    "quant": target.quant, "layout_version": getattr(target, "layout_version", LAYOUT_VERSION),
                    "variant": target.variant}
@@ -459,7 +463,6 @@ def convert(src, out, backend: str, hardware: str, tp: int = 1, ep: int = 1, wor
         for p in ckpt.extra_files:
             data = p.read_bytes()
             write_file_atomic(out, p.name, data)
-            import hashlib
             extra[p.name] = {"rank": None, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         data = build_manifest(plan, ckpt, written, extra, hasher.result(), variant)
         stored = sum(f["size"] for f in data["files"].values())

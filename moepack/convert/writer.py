@@ -3,9 +3,10 @@
 A part file is written under a temporary name (`.{name}.tmp`), fsynced, renamed to its final name,
 and then the directory is fsynced: a crash leaves either the complete file or no file (plus at most a
 temp file, which `remove_temp_files` clears). Its layout is declared up front (`TensorEntry`s), so the
-safetensors header goes first and the tensor bytes stream after it in order; the sha256 of every tensor
-is computed on the way, in a thread (hashlib releases the GIL). A part file's `digest` (`part_digest`)
-is derived from its header and its tensors' sha256, so no second sha256 pass runs over the file's bytes.
+safetensors header goes first and the tensor bytes stream after it in order; the content hash of every
+tensor (`moepack.hashing`, xxh3_128) is computed on the way, in a thread (xxhash releases the GIL). A part
+file's `digest` (`part_digest`) is derived from its header and its tensors' hashes, so no second pass runs
+over the file's bytes.
 
 Nothing here writes outside OUT: names are plain file names (`plain_name`), OUT must not be a
 symlink nor contain one (`check_out_dir`), and files are created with O_EXCL | O_NOFOLLOW.
@@ -28,6 +29,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..errors import BadInputError, EnvironmentError_
+from ..hashing import TENSOR_HASH, tensor_hasher
 from ..source.header import HeaderError, read_header
 
 LOCK_NAME = ".moepack.lock"
@@ -246,7 +248,7 @@ def write_file_atomic(out: Path, name: str, data: bytes) -> None:
 # ----------------------------------------------------------------------------- hashing in a thread
 
 class _HashThread:
-    """sha256 of a sequence of keyed byte streams, computed in a background thread.
+    """The tensor hash (`moepack.hashing`) of a sequence of keyed byte streams, computed in a background thread.
 
     `begin(key)`, `update(buf)` ..., and `result()` -> {key: hexdigest} after `close()`.
     The bounded queue keeps at most a few chunks alive (they are views, not copies)."""
@@ -271,10 +273,10 @@ class _HashThread:
                 if isinstance(item, str):
                     if key is not None:
                         self._digests[key] = h.hexdigest()
-                    key, h = item, hashlib.sha256()
+                    key, h = item, tensor_hasher()
                 else:
                     h.update(item)
-            except BaseException as exc:  # pragma: no cover - hashlib does not fail on bytes
+            except BaseException as exc:  # pragma: no cover - hashing does not fail on bytes
                 self._error = exc
         if key is not None:
             self._digests[key] = h.hexdigest()
@@ -299,12 +301,13 @@ class _HashThread:
 
 @dataclass
 class WrittenFile:
-    """What a finished part file holds: its name, size, `part_digest` and each tensor's dtype, shape and sha256."""
+    """What a finished part file holds: its name, size, `part_digest` and each tensor's dtype, shape and
+    tensor hash (key `TENSOR_HASH`)."""
 
     name: str
     size: int
     digest: str
-    tensors: dict[str, dict] = field(default_factory=dict)   # name -> {"dtype", "shape", "sha256"}
+    tensors: dict[str, dict] = field(default_factory=dict)   # name -> {"dtype", "shape", TENSOR_HASH}
 
     def to_json(self) -> dict:
         return {"name": self.name, "size": self.size, "digest": self.digest, "tensors": self.tensors}
@@ -314,13 +317,14 @@ class WrittenFile:
         return cls(d["name"], int(d["size"]), d["digest"], dict(d["tensors"]))
 
 
-def part_digest(header_block: bytes, tensor_sha256: Iterable[str]) -> str:
+def part_digest(header_block: bytes, tensor_hashes: Iterable[str]) -> str:
     """The `digest` of a safetensors part file: sha256 over its header block (the 8-byte length and the
-    JSON header, i.e. every byte before the tensor data) followed by the 32 raw bytes of each tensor's
-    sha256, in file (data offset) order. Our parts hold their tensors back to back with no gap, so with
-    the file size this pins every byte of the file, at the cost of one sha256 per tensor instead of two."""
+    JSON header, i.e. every byte before the tensor data) followed by the 16 raw bytes of each tensor's
+    xxh3_128 (`moepack.hashing`, given as hex), in file (data offset) order. Our parts hold their tensors
+    back to back with no gap, so with the file size this pins every byte of the file while the tensor
+    bytes are hashed once; the sha256 here only runs over the header and the digests (cheap)."""
     h = hashlib.sha256(header_block)
-    for d in tensor_sha256:
+    for d in tensor_hashes:
         h.update(bytes.fromhex(d))
     return h.hexdigest()
 
@@ -341,7 +345,7 @@ def file_digest(path: Path | str) -> tuple[int, str]:
         for b, e in spans:
             if b != pos:
                 raise ValueError(f"{path}: tensor data not back to back")
-            h = hashlib.sha256()
+            h = tensor_hasher()
             left = e - b
             while left:
                 got = f.readinto(memoryview(buf)[:min(left, CHUNK)])
@@ -463,7 +467,7 @@ class PartWriter:
             raise BadInputError(f"{self.final} is a symlink; moepack never writes through links")
         os.replace(self.temp, self.final)
         fsync_dir(self.out)
-        tensors = {e.name: {"dtype": e.dtype, "shape": list(e.shape), "sha256": tensor_digests[e.name]}
+        tensors = {e.name: {"dtype": e.dtype, "shape": list(e.shape), TENSOR_HASH: tensor_digests[e.name]}
                    for e in self.entries}
         self.result = WrittenFile(self.name, self._size, digest, tensors)
         return self.result

@@ -4,7 +4,7 @@
 tensor is used (each failure is a `MoepackError` naming the file / tensor / flag):
 
 1. `Manifest.load`: `OUT/manifest.json` exists, is JSON of a schema version this build reads (a newer
-   one -> `ManifestError`: upgrade), well formed, and names only plain files inside OUT;
+   one -> `ManifestError`: upgrade; an older one: convert again), well formed, and names only plain files inside OUT;
 2. the writing tool is not a newer incompatible moepack, the target's layout version is known;
 3. `rank` is in `[0, world_size)` (else `TargetMismatchError` naming the range);
 4. the target fits the device (`check_device`): AITER layouts need ROCm, flashinfer layouts a CUDA
@@ -12,14 +12,14 @@ tensor is used (each failure is a `MoepackError` naming the file / tensor / flag
 5. every file the rank needs is inside OUT (no `..`, no absolute path, no symlink leading out: refused
    and never opened) and has the recorded size (else `VerificationError`);
 6. each tensor's safetensors header entry matches the manifest's dtype and shape (else `VerificationError`);
-   `check="full"` also compares the sha256 of every tensor's raw bytes (in threads, one per tensor).
+   `check="full"` also compares the tensor hash (`moepack.hashing`, xxh3_128) of every tensor's raw bytes
+   (in threads, one per tensor).
 
 Only safetensors headers (JSON) and `safe_open` (memory-mapped, never pickle) read the files. On CPU the
 tensors stay memory-mapped; on a GPU only this rank's files and the shared tensors are copied over.
 """
 from __future__ import annotations
 
-import hashlib
 import mmap
 import operator
 import os
@@ -32,6 +32,7 @@ import torch
 from .. import __version__
 from ..convert.manifest import MANIFEST_NAME, Manifest, safe_member
 from ..errors import BadInputError, EnvironmentError_, ManifestError, TargetMismatchError, VerificationError
+from ..hashing import TENSOR_HASH, tensor_hasher
 from ..layouts.transform import Chain
 from ..source.header import Header, HeaderError, read_header
 from .moe import Execution, MoELayer
@@ -49,7 +50,7 @@ class TensorRecord:
     file: str
     dtype: str                 # safetensors header dtype string, e.g. "U8", "F8_E4M3"
     shape: tuple[int, ...]
-    sha256: str
+    content_hash: str          # the tensor hash (`moepack.hashing`) of its raw bytes
 
 
 @dataclass
@@ -219,7 +220,7 @@ def expert_records_of(manifest: dict, rank: int) -> tuple[list[TensorRecord], di
     records, chains = [], {}
     for ent in manifest["experts"]:
         name, r = ent["name"], ent["ranks"][rank]
-        records.append(TensorRecord(name, r["file"], r["dtype"], tuple(r["shape"]), r["sha256"]))
+        records.append(TensorRecord(name, r["file"], r["dtype"], tuple(r["shape"]), r[TENSOR_HASH]))
         try:
             chains[name] = Chain.from_json(ent["chain"])
         except Exception as e:   # unknown transform / parameters: a manifest this build cannot read
@@ -232,7 +233,7 @@ def expert_records_of(manifest: dict, rank: int) -> tuple[list[TensorRecord], di
 
 def shared_records_of(manifest: dict) -> list[TensorRecord]:
     """Every non-expert tensor (manifest `shared`)."""
-    return [TensorRecord(name, e["file"], e["dtype"], tuple(e["shape"]), e["sha256"])
+    return [TensorRecord(name, e["file"], e["dtype"], tuple(e["shape"]), e[TENSOR_HASH])
             for name, e in manifest["shared"].items()]
 
 
@@ -279,9 +280,9 @@ def check_header_entry(rec: TensorRecord, header: Header) -> None:
         raise VerificationError(f"{rec.file}: tensor {rec.name} runs past the end of the file")
 
 
-def _sha256_span(path: Path, begin: int, end: int) -> str:
-    """sha256 of bytes [begin, end) of `path`, read through a memory map in 64 MiB steps."""
-    h = hashlib.sha256()
+def _hash_span(path: Path, begin: int, end: int) -> str:
+    """The tensor hash of bytes [begin, end) of `path`, read through a memory map in 64 MiB steps."""
+    h = tensor_hasher()
     if end > begin:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             view = memoryview(mm)
@@ -294,19 +295,19 @@ def _sha256_span(path: Path, begin: int, end: int) -> str:
 
 
 def verify_hashes(records: list[TensorRecord], paths: dict[str, Path], headers: dict[str, Header]) -> None:
-    """sha256 of every used tensor's raw bytes against the manifest, one thread per tensor (hashlib
+    """The tensor hash of every used tensor's raw bytes against the manifest, one thread per tensor (xxhash
     releases the GIL; the largest tensor bounds the time). Header bytes are covered by parsing them and
     matching every dtype/shape/offset; whole-file hashes are `moepack verify`'s job."""
     def digest(r: TensorRecord) -> str:
         t = headers[r.file].tensors[r.name]
-        return _sha256_span(paths[r.file], t.begin, t.end)
+        return _hash_span(paths[r.file], t.begin, t.end)
 
     order = sorted(records, key=lambda r: -headers[r.file].tensors[r.name].nbytes)     # big ones first
     with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
         for r, got in zip(order, pool.map(digest, order)):
-            if got != r.sha256:
-                raise VerificationError(f"{r.file}: tensor {r.name} sha256 {got[:16]}... "
-                                        f"does not match the manifest's {r.sha256[:16]}...")
+            if got != r.content_hash:
+                raise VerificationError(f"{r.file}: tensor {r.name} {TENSOR_HASH} {got[:16]}... "
+                                        f"does not match the manifest's {r.content_hash[:16]}...")
 
 
 def open_tensors(records: list[TensorRecord], paths: dict[str, Path], device: torch.device) -> dict[str, torch.Tensor]:

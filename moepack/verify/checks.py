@@ -1,4 +1,4 @@
-"""The quick and hash checks: files, sizes, safetensors headers, sha256 of files and tensors.
+"""The quick and hash checks: files, sizes, safetensors headers, hashes of files and tensors.
 
 Each check is a function returning `Row`s (see report.py); none of them reads a tensor into memory.
 Paths come only from `safe_member` (manifest.py): a name that could leave OUT is refused before
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..convert.manifest import Manifest, safe_member
 from ..convert.writer import part_digest
+from ..hashing import TENSOR_HASH
 from .hashing import hash_files
 from ..source.header import Header, HeaderError, read_header
 from .report import FAIL, OK, SKIP, Row
@@ -18,7 +19,8 @@ from .report import FAIL, OK, SKIP, Row
 
 @dataclass(frozen=True)
 class StoredTensor:
-    """One tensor the manifest promises: `name` in `file`, of `dtype` and `shape`, with `sha256`.
+    """One tensor the manifest promises: `name` in `file`, of `dtype` and `shape`, with tensor hash `content_hash`
+    (`moepack.hashing`).
     `rank` is the output rank for expert tensors, None for shared ones."""
 
     name: str
@@ -26,7 +28,7 @@ class StoredTensor:
     file: str
     dtype: str
     shape: tuple[int, ...]
-    sha256: str
+    content_hash: str
 
 
 def stored_tensors(manifest: Manifest) -> list[StoredTensor]:
@@ -34,9 +36,10 @@ def stored_tensors(manifest: Manifest) -> list[StoredTensor]:
     out = []
     for entry in manifest["experts"]:
         for rank, rec in enumerate(entry["ranks"]):
-            out.append(StoredTensor(entry["name"], rank, rec["file"], rec["dtype"], tuple(rec["shape"]), rec["sha256"]))
+            out.append(StoredTensor(entry["name"], rank, rec["file"], rec["dtype"], tuple(rec["shape"]),
+                                    rec[TENSOR_HASH]))
     for name, rec in manifest["shared"].items():
-        out.append(StoredTensor(name, None, rec["file"], rec["dtype"], tuple(rec["shape"]), rec["sha256"]))
+        out.append(StoredTensor(name, None, rec["file"], rec["dtype"], tuple(rec["shape"]), rec[TENSOR_HASH]))
     return out
 
 
@@ -120,11 +123,11 @@ def check_tensor_headers(tensors: list[StoredTensor], headers: dict[str, Header]
 
 def check_hashes(manifest: Manifest, paths: dict[str, Path], tensors: list[StoredTensor],
                  headers: dict[str, Header], on_bytes=None) -> list[Row]:
-    """Every listed tensor's sha256 and every present file's hash, one streamed read per file.
+    """Every listed tensor's hash (`moepack.hashing`) and every present file's hash, one streamed read per file.
 
-    A part file's record holds a `digest` (`convert.writer.part_digest`: its header block, then each
-    tensor's sha256 in offset order), computed from the tensor hashes of the same read; a copied file's
-    record holds the sha256 of the whole file (the whole-file hash runs only for those)."""
+    A part file's record holds a `digest` (`convert.writer.part_digest`: sha256 of its header block, then
+    each tensor's xxh3_128 in offset order), computed from the tensor hashes of the same read; a copied
+    file's record holds the sha256 of the whole file (the whole-file hash runs only for those)."""
     by_file: dict[str, list[StoredTensor]] = {}
     for t in tensors:
         by_file.setdefault(t.file, []).append(t)
@@ -147,7 +150,7 @@ def check_hashes(manifest: Manifest, paths: dict[str, Path], tensors: list[Store
     for name, rec in manifest["files"].items():
         d = digests.get(name)
         if d is None:
-            rows.append(Row(name, "file-sha256", SKIP, "file missing", rec["rank"]))
+            rows.append(Row(name, "file-hash", SKIP, "file missing", rec["rank"]))
             continue
         bad, good = [], []
         for what in ("digest", "sha256"):
@@ -160,17 +163,17 @@ def check_hashes(manifest: Manifest, paths: dict[str, Path], tensors: list[Store
                 bad.append(f"{what} {got[:16]}..., manifest {rec[what][:16]}...")
             else:
                 good.append(f"{what} {got[:16]}...")
-        rows.append(Row(name, "file-sha256", FAIL if bad else OK, "; ".join(bad or good), rec["rank"]))
+        rows.append(Row(name, "file-hash", FAIL if bad else OK, "; ".join(bad or good), rec["rank"]))
     for t in tensors:
         d = digests.get(t.file)
         got = d.tensors.get(t.name) if d is not None else None
         if got is None:
-            rows.append(Row(t.name, "tensor-sha256", SKIP, f"{t.file}: tensor bytes not readable", t.rank))
-        elif got != t.sha256:
-            rows.append(Row(t.name, "tensor-sha256", FAIL, f"{t.file}: sha256 {got[:16]}..., manifest "
-                                                           f"{t.sha256[:16]}...", t.rank))
+            rows.append(Row(t.name, "tensor-hash", SKIP, f"{t.file}: tensor bytes not readable", t.rank))
+        elif got != t.content_hash:
+            rows.append(Row(t.name, "tensor-hash", FAIL, f"{t.file}: {TENSOR_HASH} {got[:16]}..., manifest "
+                                                         f"{t.content_hash[:16]}...", t.rank))
         else:
-            rows.append(Row(t.name, "tensor-sha256", OK, got[:16] + "...", t.rank))
+            rows.append(Row(t.name, "tensor-hash", OK, f"{TENSOR_HASH} {got[:16]}...", t.rank))
     return rows
 
 

@@ -1,8 +1,9 @@
-"""Streamed sha256 of whole files (optional) and of each tensor's bytes, in one sequential read per file.
+"""Streamed hashes of whole files (sha256, optional) and of each tensor's bytes (the tensor hash of
+`moepack.hashing`, xxh3_128), in one sequential read per file.
 
 Files are read in `CHUNK` pieces; every piece updates the file's hash and the hash of each tensor
-whose byte range it overlaps, so a file is read once whatever it holds. hashlib releases the GIL,
-so `hash_files` runs files in threads.
+whose byte range it overlaps, so a file is read once whatever it holds. hashlib and xxhash release the
+GIL, so `hash_files` runs files in threads.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..hashing import tensor_hasher
+
 CHUNK = 8 * 1024 * 1024
 
 
@@ -18,18 +21,18 @@ CHUNK = 8 * 1024 * 1024
 class FileDigest:
     path: str
     size: int                                   # bytes actually read
-    sha256: str
-    tensors: dict[str, str] = field(default_factory=dict)   # name -> sha256, only tensors read completely
+    sha256: str                                 # of the whole file; "" when not asked for
+    tensors: dict[str, str] = field(default_factory=dict)   # name -> tensor hash, only tensors read completely
 
 
 def hash_file(path: str | os.PathLike, spans: dict[str, tuple[int, int]] | None = None, on_bytes=None,
               whole: bool = True) -> FileDigest:
-    """sha256 of the file (only if `whole`; else `.sha256` is "") and of each `spans[name] = (begin, end)`
-    absolute byte range within it. A range that runs past the end of the file (truncated) gets no entry in
+    """sha256 of the file (only if `whole`; else `.sha256` is "") and the tensor hash (xxh3_128) of each
+    `spans[name] = (begin, end)` absolute byte range within it. A range that runs past the end of the file (truncated) gets no entry in
     `.tensors`. `on_bytes(n)` is called after each chunk (progress bars)."""
     spans = spans or {}
     order = sorted(((b, e, name) for name, (b, e) in spans.items()), key=lambda t: t[0])
-    hashers = {name: hashlib.sha256() for _, _, name in order}
+    hashers = {name: tensor_hasher() for _, _, name in order}
     file_hash = hashlib.sha256() if whole else None
     pos = 0
     first = 0          # index in `order` of the first span that may still overlap
@@ -67,7 +70,3 @@ def hash_files(jobs: list[tuple], workers: int | None = None, on_bytes=None) -> 
         return [hash_file(*job[:2], on_bytes, *job[2:]) for job in jobs]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda job: hash_file(*job[:2], on_bytes, *job[2:]), jobs))
-
-
-def sha256_bytes(data) -> str:
-    return hashlib.sha256(data).hexdigest()

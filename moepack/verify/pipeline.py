@@ -3,7 +3,7 @@
 | level   | checks                                                                                      |
 | ------- | ------------------------------------------------------------------------------------------- |
 | quick   | manifest (schema, version, consistency); file (present, inside OUT), size; header, dtype, shape |
-| full    | quick + file-sha256, tensor-sha256; padding (re-applied chain); with source: source-file, plan |
+| full    | quick + file-hash, tensor-hash; padding (re-applied chain); with source: source-file, plan |
 |         | (chains = the target's plan), reconstruct (inverted chains give every source tensor bit-exactly) |
 | numeric | full + numeric (each MoE layer through the rank layout vs a float64 source reference)         |
 
@@ -114,7 +114,7 @@ class _Progress:
             total = sum(r["size"] for r in manifest["files"].values())
             if ckpt is not None:
                 total += sum(r["size"] for r in manifest["source"]["files"])
-            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="verify: sha256", leave=False)
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="verify: hashing", leave=False)
 
     def update(self, n: int) -> None:
         if self.bar is not None:

@@ -13,14 +13,14 @@ OK, FAIL, SKIP = "ok", "FAIL", "skip"
 
 # Every check `verify` runs, in report order, with what it proves.
 CHECKS = {
-    "manifest": "manifest.json parses, has schema version 1 and is self-consistent",
+    "manifest": "manifest.json parses, has this moepack's schema version and is self-consistent",
     "file": "the file is present, a regular file, and inside OUT (no '..', absolute path or escaping symlink)",
     "size": "the file has the size the manifest records",
     "header": "the safetensors header parses and holds the tensor with in-range, consistent offsets",
     "dtype": "the header dtype equals the manifest's",
     "shape": "the header shape equals the manifest's",
-    "file-sha256": "the file's digest (part files: header + tensor sha256s, see convert.writer.part_digest) or sha256 (copied files) equals the manifest's",
-    "tensor-sha256": "sha256 of the tensor's bytes equals the manifest's",
+    "file-hash": "the file's digest (part files: sha256 of header + tensor xxh3_128s, see convert.writer.part_digest) or sha256 (copied files) equals the manifest's",
+    "tensor-hash": "xxh3_128 of the tensor's bytes equals the manifest's",
     "source-file": "the source file's size and sha256 equal the manifest's provenance",
     "plan": "the manifest's chains and source pieces are what moepack plans for this source and target",
     "reconstruct": "inverting the chain and gathering ranks gives the source tensor bit-exactly",

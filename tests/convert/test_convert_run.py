@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 
 from moepack.convert import writer as W
 from moepack.convert.manifest import Manifest
@@ -56,11 +57,11 @@ def test_clean_run_layout_and_summary(clean):
     for name, rec in m["files"].items():
         data = (out / name).read_bytes()
         assert rec["size"] == len(data)
-        if name.endswith(".safetensors"):   # digest: sha256(header block + each tensor's raw sha256, by offset)
+        if name.endswith(".safetensors"):   # digest: sha256(header block + each tensor's raw xxh3_128, by offset)
             n = int.from_bytes(data[:8], "little")
             spans = sorted(v["data_offsets"] for k, v in json.loads(data[8:8 + n]).items() if k != "__metadata__")
             assert spans[-1][1] + 8 + n == len(data)
-            want = hashlib.sha256(data[:8 + n] + b"".join(hashlib.sha256(data[8 + n + b:8 + n + e]).digest()
+            want = hashlib.sha256(data[:8 + n] + b"".join(xxhash.xxh3_128(data[8 + n + b:8 + n + e]).digest()
                                                           for b, e in spans)).hexdigest()
             assert "sha256" not in rec and rec["digest"] == want
         else:

@@ -10,6 +10,7 @@ from moepack.convert.manifest import MANIFEST_NAME, REQUIRED, SCHEMA_PATH, SCHEM
 from moepack.errors import ManifestError
 
 SHA = "ab" * 32
+XXH = "cd" * 16          # a tensor record's xxh3_128
 
 
 def sample() -> dict:
@@ -38,9 +39,9 @@ def sample() -> dict:
                                   "shape": [2, 64], "dtype": "BF16"}],
                      "chain": [{"name": "replicate", "n": 2}],
                      "ranks": [{"file": f"model-rank-{r}-part-0.safetensors", "dtype": "F32", "shape": [2, 64],
-                                "sha256": SHA} for r in range(2)]}],
+                                "xxh3_128": XXH} for r in range(2)]}],
         "shared": {"model.embed_tokens.weight": {"file": "shared-part-0.safetensors", "dtype": "BF16",
-                                                 "shape": [8, 64], "sha256": SHA}},
+                                                 "shape": [8, 64], "xxh3_128": XXH}},
     }
 
 
@@ -77,7 +78,11 @@ BAD = [
     ("bool as int", _mutate("target/layout_version", True), "target.layout_version must be integer"),
     ("missing nested", _mutate("target/arch", DELETE), "target.arch is missing"),
     ("older schema", _mutate("moepack_manifest", 0), "schema 0 is not supported"),
-    ("bad sha", _mutate("files/config.json/sha256", "xyz"), "files\\['config.json'\\].sha256"),
+    ("bad sha", _mutate("files/config.json/sha256", "xyz"), "files\\['config.json'\\].sha256 must be 64"),
+    ("sha256 as tensor hash", _mutate("experts/0/ranks/1/xxh3_128", SHA),
+     "experts\\[0\\].ranks\\[1\\].xxh3_128 must be 32 lowercase hex"),
+    ("uppercase tensor hash", _mutate("shared/model.embed_tokens.weight/xxh3_128", XXH.upper()), "xxh3_128 must be 32"),
+    ("tensor hash missing", _mutate("experts/0/ranks/0/xxh3_128", DELETE), "experts\\[0\\].ranks\\[0\\].xxh3_128 is missing"),
     ("dotdot file", lambda d: d["files"].__setitem__("../evil", {"rank": None, "size": 1, "sha256": SHA}),
      "'../evil' is not a plain name"),
     ("absolute file", lambda d: d["files"].__setitem__("/etc/passwd", {"rank": None, "size": 1, "sha256": SHA}),
@@ -114,8 +119,23 @@ def test_newer_schema_refused(tmp_path):
     d["moepack_manifest"] = SCHEMA_VERSION + 1
     del d["experts"]                                   # a newer schema may look different: version wins
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(d))
-    with pytest.raises(ManifestError, match=f"newer moepack \\(schema {SCHEMA_VERSION + 1} > 1\\)"):
+    with pytest.raises(ManifestError, match=f"newer moepack \\(schema {SCHEMA_VERSION + 1} > {SCHEMA_VERSION}\\)"):
         Manifest.load(tmp_path)
+
+
+def test_version_1_manifest_refused_convert_again(tmp_path):
+    """A schema-1 manifest (sha256 tensor records, as the previous moepack wrote) is refused by its version,
+    in one line, before its records are looked at."""
+    d = sample()
+    d["moepack_manifest"] = 1
+    for rec in [*d["experts"][0]["ranks"], *d["shared"].values()]:
+        rec["sha256"] = SHA
+        del rec["xxh3_128"]
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(d))
+    with pytest.raises(ManifestError) as ei:
+        Manifest.load(tmp_path)
+    assert str(ei.value) == "manifest.json: schema version 1 was written by an older moepack; convert again"
+    assert ei.value.exit_code == 2
 
 
 def test_load_failures(tmp_path):

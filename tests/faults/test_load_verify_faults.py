@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from moepack.convert.manifest import SCHEMA_VERSION
 from moepack.errors import ManifestError, TargetMismatchError, VerificationError
 from moepack.runtime.loader import load
 
@@ -72,9 +73,9 @@ def opened(monkeypatch):
 def test_tampered_tensor_hash_fails_full_verify_and_full_load(cli, gpt_tp2):
     m = read_manifest(gpt_tp2)
     entry = m["experts"][0]
-    entry["ranks"][1]["sha256"] = "0" * 64
+    entry["ranks"][1]["xxh3_128"] = "0" * 32
     write_manifest(gpt_tp2, m)
-    assert_verify_failed(cli("verify", gpt_tp2, "--level", "full"), entry["name"], "tensor-sha256")
+    assert_verify_failed(cli("verify", gpt_tp2, "--level", "full"), entry["name"], "tensor-hash")
     with pytest.raises(VerificationError, match=entry["name"].replace(".", r"\.")):
         load(gpt_tp2, rank=1, check="full")
 
@@ -120,10 +121,25 @@ def test_truncated_part_file_fails_verify_and_load(cli, gpt_tp2):
 
 def test_manifest_of_a_newer_schema_is_refused_asking_for_an_upgrade(cli, gpt_tp2):
     m = read_manifest(gpt_tp2)
-    m["moepack_manifest"] = 2
+    m["moepack_manifest"] = SCHEMA_VERSION + 1
     write_manifest(gpt_tp2, m)
-    assert_refused(cli("verify", gpt_tp2), BAD_INPUT, "schema 2", "upgrade")
+    assert_refused(cli("verify", gpt_tp2), BAD_INPUT, f"schema {SCHEMA_VERSION + 1}", "upgrade")
     with pytest.raises(ManifestError, match="upgrade"):
+        load(gpt_tp2)
+
+
+def test_manifest_of_schema_1_is_refused_asking_to_convert_again(cli, gpt_tp2):
+    """What the previous moepack wrote: version 1, a sha256 per tensor record instead of xxh3_128."""
+    m = read_manifest(gpt_tp2)
+    m["moepack_manifest"] = 1
+    for rec in [r for e in m["experts"] for r in e["ranks"]] + list(m["shared"].values()):
+        rec["sha256"] = rec.pop("xxh3_128") * 2
+    write_manifest(gpt_tp2, m)
+    line = assert_refused(cli("verify", gpt_tp2, "--level", "quick"), BAD_INPUT, "manifest.json", "schema version 1",
+                          "older moepack", "convert again")
+    assert line == "error: manifest.json: schema version 1 was written by an older moepack; convert again"
+    with pytest.raises(ManifestError, match="^manifest.json: schema version 1 was written by an older moepack; "
+                                            "convert again$"):
         load(gpt_tp2)
 
 

@@ -40,10 +40,10 @@ def in_subprocess(mode: str, *args, wait: bool = True):
 def content_hashes(out: Path) -> dict:
     """Every recorded hash of a finished conversion: files (not the manifest) and tensors per rank."""
     m = json.loads((out / "manifest.json").read_text())
-    # part files record `digest` (sha256 of header + tensor sha256s), copied files `sha256`
+    # part files record `digest` (sha256 of header + tensor xxh3_128s), copied files `sha256`
     return {"files": {n: (r["size"], r.get("digest", r.get("sha256"))) for n, r in m["files"].items()},
-            "experts": {e["name"]: [r["sha256"] for r in e["ranks"]] for e in m["experts"]},
-            "shared": {n: r["sha256"] for n, r in m["shared"].items()}}
+            "experts": {e["name"]: [r["xxh3_128"] for r in e["ranks"]] for e in m["experts"]},
+            "shared": {n: r["xxh3_128"] for n, r in m["shared"].items()}}
 
 
 def can_mount_tmpfs(path: Path, options: str) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from moepack.convert.manifest import SCHEMA_VERSION
 from moepack.errors import (EnvironmentError_, ManifestError, MoepackError, TargetMismatchError,
                             VerificationError)
 from moepack.runtime import load
@@ -77,7 +78,7 @@ def test_rank_out_of_range_names_the_valid_range(converted, rank):
 
 
 def test_newer_schema_refused(gpt_tp2):
-    _edit(gpt_tp2, lambda m: m.update(moepack_manifest=2))
+    _edit(gpt_tp2, lambda m: m.update(moepack_manifest=SCHEMA_VERSION + 1))
     with pytest.raises(ManifestError) as e:
         load(gpt_tp2)
     assert "newer" in _one_line(e) and "upgrade" in str(e.value)
@@ -122,7 +123,7 @@ def test_no_manifest_means_incomplete(gpt_tp2):
 
 def test_tampered_hash_caught_by_full_check_only(gpt_tp2):
     def fn(m):
-        m["experts"][0]["ranks"][0]["sha256"] = "0" * 64
+        m["experts"][0]["ranks"][0]["xxh3_128"] = "0" * 32
     _edit(gpt_tp2, fn)
     name = json.loads((gpt_tp2 / "manifest.json").read_text())["experts"][0]["name"]
     load(gpt_tp2, rank=0, check="fast")

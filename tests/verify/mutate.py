@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+import xxhash
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -34,8 +35,8 @@ def entry(data: dict, layer: int, role: str) -> dict:
     return next(e for e in data["experts"] if e["layer"] == layer and e["role"] == role)
 
 
-def _sha(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+def _tensor_hash(t: torch.Tensor) -> str:
+    return xxhash.xxh3_128(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def read_part(out: Path, e: dict, rank: int) -> torch.Tensor:
@@ -45,10 +46,10 @@ def read_part(out: Path, e: dict, rank: int) -> torch.Tensor:
 
 def _file_digest(raw: bytes) -> str:
     """A part file's manifest digest, computed here from its definition: sha256 of the header block
-    followed by each tensor's raw sha256, in data-offset order."""
+    followed by each tensor's raw xxh3_128 (16 bytes), in data-offset order."""
     n = int.from_bytes(raw[:8], "little")
     spans = sorted(v["data_offsets"] for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__")
-    return hashlib.sha256(raw[:8 + n] + b"".join(hashlib.sha256(raw[8 + n + b:8 + n + e]).digest()
+    return hashlib.sha256(raw[:8 + n] + b"".join(xxhash.xxh3_128(raw[8 + n + b:8 + n + e]).digest()
                                                  for b, e in spans)).hexdigest()
 
 
@@ -63,7 +64,7 @@ def write_parts(out: Path, data: dict, e: dict, parts: dict[int, torch.Tensor], 
         tensors[e["name"]] = t.contiguous()
         save_file(tensors, str(path))
         if rehash:
-            rec["sha256"] = _sha(t)
+            rec["xxh3_128"] = _tensor_hash(t)
             data["files"][rec["file"]]["size"] = path.stat().st_size
             data["files"][rec["file"]]["digest"] = _file_digest(path.read_bytes())
     save_manifest(out, data)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import xxhash
 from safetensors.torch import save_file
 
 from moepack.formats.assemble import read_canonical
@@ -21,8 +22,8 @@ _ST = {torch.uint8: "U8", torch.int8: "I8", torch.float32: "F32", torch.bfloat16
        torch.int32: "I32", torch.int64: "I64"}
 
 
-def _sha_t(t):
-    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+def _xxh_t(t):
+    return xxhash.xxh3_128(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def _sha_f(p):
@@ -51,7 +52,7 @@ def stand_in_convert(src, out, backend, hardware, tp=1, ep=1, variant=None):
                                          "shape": list(p.shape), "dtype": p.dtype} for p in ct.pieces],
                             "chain": plan.chains[role].to_json(),
                             "ranks": [{"file": f"model-rank-{r}-part-0.safetensors", "dtype": _ST[p.dtype],
-                                       "shape": list(p.shape), "sha256": _sha_t(p)} for r, p in enumerate(parts)]})
+                                       "shape": list(p.shape), "xxh3_128": _xxh_t(p)} for r, p in enumerate(parts)]})
     files = {}
     for r, ts in enumerate(rank_tensors):
         f = f"model-rank-{r}-part-0.safetensors"
@@ -67,7 +68,7 @@ def stand_in_convert(src, out, backend, hardware, tp=1, ep=1, variant=None):
     first = plans[desc.moe_layers[0].index]
     summary = desc.summary()
     data = {
-        "moepack_manifest": 1, "tool": {"moepack": "0.1.0"}, "created_utc": "2026-01-01T00:00:00Z",
+        "moepack_manifest": 2, "tool": {"moepack": "0.1.0"}, "created_utc": "2026-01-01T00:00:00Z",
         "source": {"path": str(src), "repo_id": None, "revision": None, "commit": None, "family": desc.family,
                    "files": ckpt.provenance()},
         "target": {"backend": backend, "hardware": hardware, "arch": target.arch, "quant": desc.quant,
@@ -82,7 +83,7 @@ def stand_in_convert(src, out, backend, hardware, tp=1, ep=1, variant=None):
                   "intermediate_padded": first.intermediate_padded, "top_k": desc.routing.top_k},
         "files": files, "experts": experts,
         "shared": {n: {"file": "shared-part-0.safetensors", "dtype": _ST[t.dtype], "shape": list(t.shape),
-                       "sha256": _sha_t(t)} for n, t in shared_t.items()},
+                       "xxh3_128": _xxh_t(t)} for n, t in shared_t.items()},
     }
     (out / "manifest.json").write_text(json.dumps(data, indent=1))
     return data

@@ -71,7 +71,7 @@ def _verify(out, src, level="numeric"):
 
 def _hashes_hold(report):
     """The mutation kept the manifest's hashes consistent: every hash row passed."""
-    bad = [r for r in report.rows if r.check in ("file-sha256", "tensor-sha256", "size") and r.result != "ok"]
+    bad = [r for r in report.rows if r.check in ("file-hash", "tensor-hash", "size") and r.result != "ok"]
     assert not bad, bad
 
 
@@ -82,7 +82,7 @@ def test_clean_conversion_passes_every_level(converted, case):
         report = _verify(out, src, level)
         assert report.ok, report.verdict
     checks = {r.check for r in report.rows if r.result == "ok"}
-    assert {"manifest", "file", "size", "header", "dtype", "shape", "file-sha256", "tensor-sha256", "source-file",
+    assert {"manifest", "file", "size", "header", "dtype", "shape", "file-hash", "tensor-hash", "source-file",
             "plan", "reconstruct", "padding", "numeric"} <= checks
     assert report.exit_code == 0 and report.to_json()["ok"] is True
 
@@ -92,7 +92,7 @@ def test_1_flipped_byte_in_a_weight(copy_of):
     M.flip_byte(out, data, M.entry(data, 0, "w2_weight"), rank=1)
     report = _verify(out, src)
     name = "model.layers.0.mlp.experts.w2_weight"
-    assert [r.rank for r in report.failed(name, "tensor-sha256")] == [1]
+    assert [r.rank for r in report.failed(name, "tensor-hash")] == [1]
     assert report.failed(name, "reconstruct") and report.failed("model.layers.0.mlp.experts", "numeric")
     assert report.exit_code == 3
 
@@ -161,7 +161,7 @@ def test_6_separated_shuffle_where_manifest_says_interleave(copy_of):
     for role in ("w13_weight_scale", "w2_weight_scale"):   # e8m0_shuffle pads to 256 rows: another shape
         assert report.failed(f"model.layers.0.mlp.experts.{role}", "shape"), role
     assert report.failed("model.layers.0.mlp.experts", "numeric") or report.failed(W13, "reconstruct")
-    assert not report.failed(check="tensor-sha256")
+    assert not report.failed(check="tensor-hash")
 
 
 def test_7_scale_tensor_from_the_wrong_rank(copy_of):
@@ -184,7 +184,7 @@ def test_8_truncated_file(copy_of):
     lost = [r for r in report.failed(check="header") if r.rank == 0]
     assert lost and all(r.subject.startswith("model.layers.") for r in lost)
     full = _verify(out, src, "numeric")                  # later checks skip the file instead of crashing
-    assert full.failed(file, "file-sha256") and not full.ok
+    assert full.failed(file, "file-hash") and not full.ok
 
 
 def test_9_dtype_differs_from_the_manifest(copy_of):
