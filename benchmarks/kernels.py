@@ -158,34 +158,32 @@ def random_stored(quant: str, E: int, H: int, I: int, device="cuda") -> tuple[di
 
 
 def sweep_candidates(quant: str, M: int) -> list[tuple[tuple, list]]:
-    """[(route option (per_pair, block_m, prequant, atomic_combine), [GemmConfig, ...]), ...] tried at this M:
+    """[(route option (per_pair, block_m, prequant), [GemmConfig, ...]), ...] tried at this M:
     the shipped winners of the previous sweep plus swap-AB tiles (weights on the wgmma's 64-row side)."""
     G = GemmConfig
     sw = lambda *gs: [G(*g, swap_ab=True) for g in gs]  # noqa: E731
     if quant == "mxfp4":
         if M <= 8:
-            return [((M == 1, 16, False, False), [G(64, 256, 4, 3), G(32, 256, 4, 3), G(128, 128, 4, 3)]
+            return [((M == 1, 16, False), [G(64, 256, 4, 3), G(32, 256, 4, 3), G(128, 128, 4, 3)]
                      + sw((64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 4, 3), (128, 256, 4, 3), (128, 128, 8, 3)))]
         if M <= 256:
             gs = [G(128, 128, 4, 3), G(64, 128, 4, 3)] + sw((64, 128, 4, 3), (128, 128, 4, 3), (128, 256, 4, 3),
                                                             (128, 128, 8, 3), (256, 128, 8, 3))
-            return [((False, 16, False, False), gs), ((False, 32, False, False), sw((128, 128, 4, 3), (128, 128, 8, 3)))]
+            return [((False, 16, False), gs), ((False, 32, False), sw((128, 128, 4, 3), (128, 128, 8, 3)))]
         gs = [G(128, 128, 4, 3), G(128, 64, 8, 3)] + sw((128, 128, 4, 3), (128, 64, 8, 3), (256, 64, 8, 3),
                                                         (128, 128, 8, 3), (256, 128, 8, 3))
         bm = 64 if M <= 1024 else 128
-        return [((False, bm, False, False), gs), ((False, bm, False, True), gs),
-                ((False, 2 * bm, False, False), sw((128, 64, 8, 3), (256, 64, 8, 3)))]
+        return [((False, bm, False), gs), ((False, 2 * bm, False), sw((128, 64, 8, 3), (256, 64, 8, 3)))]
     if M == 1:
-        return [((True, 16, False, False), [G(32, 128, 4, 4), G(64, 128, 4, 4), G(128, 128, 4, 4)]
+        return [((True, 16, False), [G(32, 128, 4, 4), G(64, 128, 4, 4), G(128, 128, 4, 4)]
                  + sw((64, 128, 4, 4), (64, 128, 4, 3), (128, 128, 4, 4)))]
     if M <= 256:
         wg = [G(64, 128, 4, 3), G(128, 128, 4, 3)]
         swg = sw((64, 128, 4, 4), (128, 128, 4, 3), (128, 128, 8, 3))
-        return [((False, 16, False, False), [G(64, 128, 4, 4), G(128, 128, 4, 3)] + swg),
-                ((False, 16, True, False), swg), ((False, 64, True, False), wg + swg)]
+        return [((False, 16, False), [G(64, 128, 4, 4), G(128, 128, 4, 3)] + swg),
+                ((False, 16, True), swg), ((False, 64, True), wg + swg)]
     gs = [G(128, 128, 4, 3), G(256, 128, 8, 3)] + sw((128, 128, 4, 3), (256, 128, 8, 3), (128, 128, 8, 3))
-    return [((False, 64, True, False), gs), ((False, 64, True, True), gs),
-            ((False, 128, True, True), sw((128, 128, 8, 3), (256, 128, 8, 3)))]
+    return [((False, 64, True), gs), ((False, 128, True), sw((128, 128, 8, 3), (256, 128, 8, 3)))]
 
 
 def _stage_launcher(stored, meta, x, tw, ids, opt, g1, g2):
@@ -193,8 +191,8 @@ def _stage_launcher(stored, meta, x, tw, ids, opt, g1, g2):
     from moepack.kernels.align import max_blocks, moe_align
     from moepack.kernels.triton_fp8 import quantize_groups
     from moepack.kernels.triton_moe import _launch_gemm
-    per_pair, bm, preq, atomic = opt
-    cfg = MoEConfig(per_pair=per_pair, block_m=bm, gemm1=g1, gemm2=g2, prequant=preq, atomic_combine=atomic)
+    per_pair, bm, preq = opt
+    cfg = MoEConfig(per_pair=per_pair, block_m=bm, gemm1=g1, gemm2=g2, prequant=preq)
     T, k = ids.shape
     P, E, H, Ip = T * k, meta.E_l, meta.H, meta.Ip
     fl = ids.reshape(-1)
@@ -205,7 +203,7 @@ def _stage_launcher(stored, meta, x, tw, ids, opt, g1, g2):
         s, e, nb = moe_align(ids, E, bm)
         route = (s, e, nb, fl, max_blocks(P, E, bm))
     inter = torch.zeros(P, Ip, dtype=x.dtype, device=x.device)
-    y = torch.zeros(T, H, dtype=torch.float32, device=x.device) if atomic else torch.empty(P, H, dtype=x.dtype, device=x.device)
+    y = torch.empty(P, H, dtype=x.dtype, device=x.device)
     a1, a1s = quantize_groups(x) if preq else (x, None)
     a2, a2s = quantize_groups(inter) if preq else (inter, None)
     w2b = stored.get("w2_bias")
@@ -307,8 +305,7 @@ def sweep(cases, Ms, out_path, workers):
                 got = fused_moe(x, tw, ids, st, meta, config=cfg).float()
                 diff = float((got - ref).norm() / ref.norm())
                 res["best"][f"{case}/{M}"] = dict(layer_us=tbest * 1e6, per_pair=cfg.per_pair, block_m=cfg.block_m,
-                                                 prequant=cfg.prequant, atomic_combine=cfg.atomic_combine,
-                                                 gemm1=cfg.gemm1.__dict__,
+                                                 prequant=cfg.prequant, gemm1=cfg.gemm1.__dict__,
                                                  gemm2=cfg.gemm2.__dict__, rel_diff_vs_table=diff)
                 print(f"BEST {case} M={M}: {tbest * 1e6:.1f} us {cfg} (rel diff vs table config {diff:.1e})", flush=True)
             json.dump(res, open(out_path, "w"), indent=1)
@@ -335,7 +332,7 @@ def main():
         quant, E, k, H, I = SHAPES[case]
         for M in Ms:
             c = pick(quant, M, E, k, H, I)
-            opt = (c.per_pair, c.block_m, c.prequant, c.atomic_combine)
+            opt = (c.per_pair, c.block_m, c.prequant)
             jobs += [(case, M, opt, c.gemm1, 1), (case, M, opt, c.gemm2, 2)]
     precompile(jobs, a.workers)
     dev = torch.cuda.get_device_name()

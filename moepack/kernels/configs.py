@@ -2,7 +2,7 @@
 
 `pick(quant, M, E, topk, H, Ip)` -> `MoEConfig`. `TUNED` holds, per benchmark shape (quant, H, Ip), the
 winner of `python benchmarks/kernels.py --sweep` at each M bucket, measured on an H100 (torch 2.11,
-triton 3.6, 2026-11-23; see docs/KERNEL_NOTES.md, version 4). Any other shape uses the table of the
+triton 3.6, 2026-11-23; see docs/KERNEL_NOTES.md, version 6: swap-AB tiles added). Any other shape uses the table of the
 nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
@@ -14,8 +14,6 @@ else TP1) at its own M bucket; M between buckets uses the next larger bucket.
   gemm2 over w2 rows). FP8 always steps K by 128 (one scale block).
 - prequant (fp8_block): quantize activations in one pass before each GEMM instead of in every N-tile
   program.
-- atomic_combine: gemm2 adds each routed row into the token's float32 output with atomics instead of
-  writing y [T*k, H] for a separate top-k sum (summation order, so the last bit, varies between runs).
 - swap_ab (per GEMM): the program computes the transposed tile, weights x tokens, so the weight tile is the
   MMA's left (64-row, register-capable on Hopper) operand and block_m tokens sit on the narrow side.
 """
@@ -41,7 +39,6 @@ class MoEConfig:
     gemm2: GemmConfig
     group_m: int = 8
     prequant: bool = False     # fp8_block: quantize activations in one pass before each GEMM
-    atomic_combine: bool = False   # gemm2 adds into a float32 [T, H] with atomics (no y round trip)
 
 
 BUCKETS = (1, 8, 64, 256, 1024, 4096, 16384)
@@ -58,31 +55,31 @@ G = GemmConfig
 # (quant, H, Ip) -> {M bucket: (per_pair, block_m, prequant, gemm1, gemm2)}; H100 sweep winners
 TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
     ("mxfp4", 2880, 2880): {                      # gpt-oss-120b, E=128, top-4
-        1: (True, 16, False, G(64, 256, 4, 3), G(32, 256, 4, 3)),
-        8: (False, 16, False, G(128, 128, 4, 3), G(64, 128, 4, 3)),
+        1: (True, 16, False, G(64, 256, 4, 3), G(64, 256, 4, 3, True)),
+        8: (False, 16, False, G(128, 128, 4, 3), G(64, 128, 4, 3, True)),
         64: (False, 16, False, G(128, 128, 4, 3), G(128, 128, 4, 3)),
         256: (False, 16, False, G(128, 128, 4, 3), G(128, 128, 4, 3)),
-        1024: (False, 64, False, G(128, 128, 4, 3), G(128, 128, 4, 3)),
-        4096: (False, 128, False, G(128, 64, 8, 3), G(128, 64, 8, 3)),
-        16384: (False, 128, False, G(128, 64, 8, 3), G(128, 64, 8, 3)),
+        1024: (False, 64, False, G(128, 64, 8, 3, True), G(128, 128, 4, 3, True)),
+        4096: (False, 128, False, G(128, 64, 8, 3, True), G(128, 128, 4, 3, True)),
+        16384: (False, 128, False, G(128, 64, 8, 3, True), G(128, 128, 4, 3, True)),
     },
     ("fp8_block", 7168, 256): {                   # DeepSeek-V3 TP8 rank, E=256, top-8
-        1: (True, 16, False, G(32, 128, 4, 4), G(128, 128, 4, 4)),
-        8: (False, 16, False, G(128, 128, 4, 3), G(128, 128, 4, 3)),
-        64: (False, 16, False, G(64, 128, 4, 4), G(128, 128, 4, 3)),
-        256: (False, 16, False, G(64, 128, 4, 4), G(128, 128, 4, 3)),
-        1024: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
-        4096: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
-        16384: (False, 64, True, G(256, 128, 8, 3), G(128, 128, 4, 3)),
-    },
-    ("fp8_block", 7168, 2048): {                  # DeepSeek-V3 TP1, E=256, top-8
-        1: (True, 16, False, G(64, 128, 4, 4), G(64, 128, 4, 4)),
-        8: (False, 64, True, G(64, 128, 4, 3), G(64, 128, 4, 3)),
-        64: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
-        256: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        1: (True, 16, False, G(32, 128, 4, 4), G(64, 128, 4, 4, True)),
+        8: (False, 16, True, G(128, 128, 8, 3, True), G(128, 128, 8, 3, True)),
+        64: (False, 16, True, G(128, 128, 4, 3, True), G(128, 128, 8, 3, True)),
+        256: (False, 16, True, G(128, 128, 4, 3, True), G(128, 128, 8, 3, True)),
         1024: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
         4096: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
         16384: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+    },
+    ("fp8_block", 7168, 2048): {                  # DeepSeek-V3 TP1, E=256, top-8
+        1: (True, 16, False, G(64, 128, 4, 3, True), G(64, 128, 4, 4, True)),
+        8: (False, 16, True, G(64, 128, 4, 4, True), G(64, 128, 4, 4, True)),
+        64: (False, 16, True, G(128, 128, 4, 3, True), G(128, 128, 4, 3, True)),
+        256: (False, 16, True, G(128, 128, 4, 3, True), G(128, 128, 4, 3, True)),
+        1024: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        4096: (False, 64, True, G(256, 128, 8, 3), G(128, 128, 4, 3)),
+        16384: (False, 64, True, G(256, 128, 8, 3), G(128, 128, 4, 3)),
     },
 }
 

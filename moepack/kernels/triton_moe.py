@@ -5,9 +5,6 @@ Launches (all static shapes, CUDA-graph safe):
   1. gemm1: inter[p] = act(x[p // k] @ w13[e].T + b13[e])      (MXFP4 / FP8 weights, act + bias fused)
   2. gemm2: y[p]     = w[p] * (inter[p] @ w2[e].T + b2[e])     (routed weight + bias fused)
   3. combine: out[t] = sum_j y[t*k + j] over slots whose expert is on this rank, in x.dtype
-     (config.atomic_combine: gemm2 instead adds w[p] * (...) straight into a zeroed float32 [T, H] with
-     atomics, and a cast replaces the combine: no [T*k, H] round trip, but the summation order, hence the
-     last bit, varies from run to run)
 One kernel body `_moe_gemm` serves both GEMMs and every format; its constexprs pick the weight tile
 loader (triton_mxfp4.py, triton_fp8.py) and the epilogue.
 """
@@ -71,13 +68,12 @@ def _moe_gemm(
     TOPK: tl.constexpr, FMT: tl.constexpr, STAGE: tl.constexpr, ACT_KIND: tl.constexpr, GATED: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LIMIT: tl.constexpr, PER_PAIR: tl.constexpr, CH: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SOFT_RNE: tl.constexpr,
-    BF16_ASM: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr, ATOMIC: tl.constexpr,
+    BF16_ASM: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr,
 ):
     """One [BM, BN] output tile of one GEMM stage for one expert block.
 
     STAGE 1: A = x [T, K], rows p // TOPK; W = w13 [E, N, .]; OUT = inter [P, N/2 or N].
-    STAGE 2: A = inter [P, K], rows p; W = w2 [E, N, .]; OUT = y [P, N], scaled by TOPK_W[p]; with ATOMIC,
-    OUT = float32 [T, N] and row p is added into row p // TOPK.
+    STAGE 2: A = inter [P, K], rows p; W = w2 [E, N, .]; OUT = y [P, N], scaled by TOPK_W[p].
     WS strides: (expert, s1, s2) of the scale tensor as stored. SCAL: fp8_tensor scalars [E, 4] =
     (weight scale gate/only, weight scale up, input scale, 1 / input scale).
     SWAP (swap-AB): the K loop accumulates the transposed tile [BN, BM] = W @ A.T, so the weight tile is
@@ -168,12 +164,8 @@ def _moe_gemm(
     else:
         wt = tl.load(TOPK_W + rows, mask=mask_m, other=0.0)
         acc = acc * wt[:, None]
-        if ATOMIC:
-            o_ptrs = OUT + (rows // TOPK).to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-            tl.atomic_add(o_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :], sem="relaxed")
-        else:
-            o_ptrs = OUT + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-            tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        o_ptrs = OUT + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+        tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -229,7 +221,6 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         HAS_BIAS=bias is not None, HAS_LIMIT=act.limit is not None and stage == 1, PER_PAIR=cfg.per_pair, CH=ch,
         BM=cfg.block_m, BN=gcfg.block_n, BK=bk, GROUP_M=cfg.group_m, SOFT_RNE=_INTERPRETED,
         BF16_ASM=A.dtype == torch.bfloat16 and not _INTERPRETED, PREQ=A_scale is not None, SWAP=gcfg.swap_ab,
-        ATOMIC=stage == 2 and cfg.atomic_combine,
         num_warps=gcfg.num_warps, num_stages=gcfg.num_stages,
     )
 
@@ -265,11 +256,6 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     _launch_gemm(1, a1, stored["w13_weight"], stored.get("w13_weight_scale"), stored.get("w13_bias"), sc1,
                  inter, tw, route, P, n1, H, meta, cfg, cfg.gemm1, topk, a1s)
     a2, a2s = quantize_groups(inter, _INTERPRETED) if preq else (inter, None)
-    if cfg.atomic_combine:
-        acc = torch.zeros(T, H, dtype=torch.float32, device=x.device)
-        _launch_gemm(2, a2, stored["w2_weight"], stored.get("w2_weight_scale"), w2_bias, sc2,
-                     acc, tw, route, P, H, Ip, meta, cfg, cfg.gemm2, topk, a2s)
-        return acc.to(x.dtype)
     y = torch.empty(P, H, dtype=x.dtype, device=x.device)
     _launch_gemm(2, a2, stored["w2_weight"], stored.get("w2_weight_scale"), w2_bias, sc2,
                  y, tw, route, P, H, Ip, meta, cfg, cfg.gemm2, topk, a2s)

@@ -18,7 +18,7 @@ from moepack.kernels.triton_moe import fused_moe  # noqa: E402
 
 def main(names):
     """Four runs per case: sorted path with float32 activations and per-pair path with float16, each with
-    plain tiles and with swap-AB tiles (W @ A.T) + the atomic top-k sum; MXFP4 cases also a fourth, sorted + swap-AB with K steps of 256 (longer than
+    plain tiles and with swap-AB tiles (W @ A.T); MXFP4 cases also a fourth, sorted + swap-AB with K steps of 256 (longer than
     the case's K: the masked tail of a K step). Reports the error against plain float64 and, for fp8, against float64 with the activation
     quantization emulated (the kernel's rounding, checked tightly)."""
     results = {}
@@ -30,8 +30,7 @@ def main(names):
         for per_pair, x_dtype, bk, swap in runs:
             x, tw, ids, local, stored, meta = make_case(name, seed=len(results), x_dtype=x_dtype)
             g = GemmConfig(block_n=32, block_k=bk, num_warps=4, num_stages=1, swap_ab=swap)
-            cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g, prequant=not per_pair,
-                            atomic_combine=swap)
+            cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g, prequant=not per_pair)
             out = fused_moe(x, tw, ids, stored, meta, config=cfg)
             key = f"{name}/{'pair' if per_pair else 'sorted'}/{str(x_dtype)[6:]}/bk{bk}{'/swap' if swap else ''}"
             if out.dtype != x.dtype or out.shape != x.shape:

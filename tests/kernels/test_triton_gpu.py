@@ -20,13 +20,12 @@ def _to(stored, dev):
 @pytest.mark.parametrize("swap", [False, True])
 def test_fused_moe_gpu(name, per_pair, prequant, swap):
     """swap-AB tiles use block_n 64, so the weight side fills one warpgroup's 64-row wgmma (register
-    operand after the MXFP4 decode), and sum the top-k with atomics; plain tiles use 32 (mma.sync at
-    block_m 16)."""
+    operand after the MXFP4 decode); plain tiles use 32 (mma.sync at block_m 16)."""
     from moepack.kernels.configs import GemmConfig, MoEConfig
     from moepack.kernels.triton_moe import fused_moe
     x, tw, ids, local, stored, meta = make_case(name, seed=5, x_dtype=torch.bfloat16)
     g = GemmConfig(block_n=64 if swap else 32, block_k=128, num_warps=4, num_stages=2, swap_ab=swap)
-    cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g, prequant=prequant, atomic_combine=swap)
+    cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g, prequant=prequant)
     out = fused_moe(x.cuda(), tw.cuda(), ids.cuda(), _to(stored, "cuda"), meta, config=cfg)
     assert out.dtype == torch.bfloat16
     assert rel_err(out, expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
