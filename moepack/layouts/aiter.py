@@ -65,7 +65,9 @@ class AiterShuffleWeight(Transform):
     layout: tuple[int, int] = (16, 16)
     elem_bytes: int = 1
 
-    def _dims(self, x: torch.Tensor) -> tuple[int, ...]:
+    def view_permutation(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(dims, perm): apply(x) is x viewed `dims`, permuted to `perm`, laid out row-major in x's shape
+        (x may be a meta tensor: only its shape and dtype are read)."""
         IN, IK = self.layout
         BK, V = 2 * IK, 16 // self.elem_bytes
         _need(x.dim() >= 2 and x.element_size() == self.elem_bytes, self.name,
@@ -73,13 +75,13 @@ class AiterShuffleWeight(Transform):
         N, K = x.shape[-2], x.shape[-1]
         _need(N % IN == 0 and K % BK == 0 and BK % V == 0, self.name, f"N % {IN} == 0 and K % {BK} == 0", x)
         B = math.prod(x.shape[:-2])
-        return (B, N // IN, IN, K // BK, BK // V, V)
+        return (B, N // IN, IN, K // BK, BK // V, V), (0, 1, 3, 4, 2, 5)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return _permuted(x, self._dims(x), (0, 1, 3, 4, 2, 5))
+        return _permuted(x, *self.view_permutation(x))
 
     def invert(self, y: torch.Tensor) -> torch.Tensor:
-        return _unpermuted(y, self._dims(y), (0, 1, 3, 4, 2, 5))
+        return _unpermuted(y, *self.view_permutation(y))
 
 
 @register
@@ -103,18 +105,23 @@ class AiterE8m0Shuffle(Transform):
         m, n = math.prod(self.shape[:-1]), self.shape[-1]
         return m, n, -(-m // 256) * 256, -(-n // 8) * 8
 
+    def padded_view_permutation(self) -> tuple[tuple[int, int], tuple[int, ...], tuple[int, ...]]:
+        """((sm, sn), dims, perm): apply(x) is x padded to [sm, sn], viewed `dims`, permuted to `perm`."""
+        m, n, sm, sn = self._sizes()
+        return (sm, sn), (sm // 32, 2, 16, sn // 8, 2, 4), (0, 3, 5, 2, 4, 1)
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         m, n, sm, sn = self._sizes()
         _need(tuple(x.shape) == tuple(self.shape) and x.element_size() == 1, self.name,
               f"a 1-byte scale of shape {tuple(self.shape)}", x)
         p = filled((sm, sn), self.pad_value, x)
         p[:m, :n] = x.reshape(m, n)
-        return _permuted(p, (sm // 32, 2, 16, sn // 8, 2, 4), (0, 3, 5, 2, 4, 1))
+        return _permuted(p, *self.padded_view_permutation()[1:])
 
     def invert(self, y: torch.Tensor) -> torch.Tensor:
         m, n, sm, sn = self._sizes()
         _need(tuple(y.shape) == (sm, sn), self.name, f"shape {(sm, sn)}", y)
-        p = _unpermuted(y, (sm // 32, 2, 16, sn // 8, 2, 4), (0, 3, 5, 2, 4, 1))
+        p = _unpermuted(y, *self.padded_view_permutation()[1:])
         check_pad(p[m:, :], self.pad_value, self.name)
         check_pad(p[:m, n:], self.pad_value, self.name)
         return p[:m, :n].contiguous().view(tuple(self.shape))
@@ -136,7 +143,8 @@ class AiterShuffleWeightA16w4(Transform):
     nlane: int = 16
     gate_up: bool = False
 
-    def _dims(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def view_permutation(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(dims, perm): apply(x) is x viewed `dims`, permuted to `perm` (x may be a meta tensor)."""
         KPack = 16
         _need(x.dim() == 3 and x.element_size() == 1 and 64 % self.nlane == 0, self.name,
               f"[E, N, K/2] bytes (nlane {self.nlane} dividing 64)", x)
@@ -151,10 +159,10 @@ class AiterShuffleWeightA16w4(Transform):
         return (E, N0, self.nlane, K0, KLane, KPack), (0, 1, 3, 4, 2, 5)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return _permuted(x, *self._dims(x))
+        return _permuted(x, *self.view_permutation(x))
 
     def invert(self, y: torch.Tensor) -> torch.Tensor:
-        return _unpermuted(y, *self._dims(y))
+        return _unpermuted(y, *self.view_permutation(y))
 
 
 @register
@@ -173,7 +181,8 @@ class AiterShuffleScaleA16w4(Transform):
     experts: int = 1
     gate_up: bool = False
 
-    def _dims(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def view_permutation(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(dims, perm): apply(x) is x viewed `dims`, permuted to `perm` (x may be a meta tensor)."""
         _need(x.dim() in (2, 3) and x.element_size() == 1 and x.shape[0] % self.experts == 0
               and (x.dim() == 2 or x.shape[0] == self.experts), self.name,
               f"an e8m0 scale [{self.experts}, n, k] or [{self.experts}*n, k]", x)
@@ -186,10 +195,10 @@ class AiterShuffleScaleA16w4(Transform):
         return (self.experts, N1, 2, 16, K1, 2, 4), (0, 1, 4, 6, 3, 5, 2)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return _permuted(x, *self._dims(x))
+        return _permuted(x, *self.view_permutation(x))
 
     def invert(self, y: torch.Tensor) -> torch.Tensor:
-        return _unpermuted(y, *self._dims(y))
+        return _unpermuted(y, *self.view_permutation(y))
 
 
 __all__ = ["AiterShuffleWeight", "AiterE8m0Shuffle", "AiterShuffleWeightA16w4", "AiterShuffleScaleA16w4"]

@@ -328,7 +328,7 @@ class BlockAlignedTpSlice(Partition):
             raise PlanError(f"{self.name}: padded size {self.padded} < largest block-aligned rank span {longest}")
         return out
 
-    def _unit(self) -> tuple[int, int]:
+    def units(self) -> tuple[int, int]:
         """(units per half in x, units per half in a part)."""
         if self.blocks:
             return -(-self.size // self.block), self.padded // self.block
@@ -336,7 +336,7 @@ class BlockAlignedTpSlice(Partition):
 
     def split(self, x: torch.Tensor) -> list[torch.Tensor]:
         d = _dim(x, self.dim, self.name)
-        src_half, part_half = self._unit()
+        src_half, part_half = self.units()
         if x.shape[d] != self.halves * src_half:
             raise PlanError(f"{self.name}: dim {d} of {tuple(x.shape)} is not {self.halves} x {src_half}")
         parts = []
@@ -359,7 +359,7 @@ class BlockAlignedTpSlice(Partition):
     def join(self, parts: list[torch.Tensor]) -> torch.Tensor:
         _expect_parts(self, parts)
         d = _dim(parts[0], self.dim, self.name)
-        src_half, part_half = self._unit()
+        src_half, part_half = self.units()
         spans = self.spans()
         out_halves = []
         for h in range(self.halves):
