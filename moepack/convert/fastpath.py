@@ -1,5 +1,6 @@
 """Faster equivalents of `read_canonical` and `Chain.apply` for convert: same bytes, fewer copies.
 
+- `prefetch_canonical(ckpt, ct)`: a WILLNEED hint for the next tensor's source bytes (read-ahead).
 - `read_canonical_pread(ckpt, ct)`: each piece whose place in the canonical tensor is contiguous is read
   with one `os.preadv` straight into it (no mmap page faults, no intermediate tensor); other pieces go
   through `Checkpoint.get`. Bit-identical to `formats.assemble.read_canonical`.
@@ -86,6 +87,27 @@ def _pread_into(fd: int, dst: torch.Tensor, offset: int, what: str) -> memoryvie
             raise FormatError(f"{what}: file ends inside the tensor's data")
         pos += n
     return view
+
+
+def prefetch_canonical(ckpt: Checkpoint, ct: CanonicalTensor) -> None:
+    """Ask the kernel to start reading `ct`'s source bytes into the page cache (posix_fadvise WILLNEED),
+    so the disk reads them while the current tensor is transformed and written. A hint: no data moves
+    through this process, and where the call is not available nothing happens."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for p in ct.pieces:
+        info = ckpt.info(p.name)
+        nbytes = info.data_offsets[1] - info.data_offsets[0]
+        try:
+            fd = os.open(ckpt.root / info.file, os.O_RDONLY)
+        except OSError:
+            return                     # the read itself reports it
+        try:
+            os.posix_fadvise(fd, info.file_offset, nbytes, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def read_canonical_pread(ckpt: Checkpoint, ct: CanonicalTensor, on_read=None) -> torch.Tensor:

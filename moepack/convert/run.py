@@ -39,7 +39,7 @@ from ..hashing import TENSOR_HASH
 from ..layouts.targets import get_target
 from ..numerics import E8M0_NAN
 from ..source.checkpoint import Checkpoint
-from .fastpath import BufferPool, apply_chain, read_canonical_pread
+from .fastpath import BufferPool, apply_chain, prefetch_canonical, read_canonical_pread
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest
 from .provenance import SourceHasher
 from .plan import LAYOUT_VERSION, ConvertPlan, Unit, build_plan
@@ -131,7 +131,9 @@ def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None
         else:
             sink = stack.enter_context(_PartSink(writers, on_bytes))   # exits (joins) before the writers abort
             stack.enter_context(BufferPool())                          # reused part buffers (this thread)
-            for item in unit.items:
+            for i, item in enumerate(unit.items):
+                if i + 1 < len(unit.items):     # the disk reads the next tensor while this one is worked on
+                    prefetch_canonical(ckpt, unit.items[i + 1].canonical)
                 canonical = read_canonical_pread(ckpt, item.canonical, on_read)
                 ckpt.close()        # unmap what a piece read through safe_open touched (bounded RSS)
                 check_scale_values(ckpt, item.canonical, canonical)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moepack.convert.fastpath import (BufferPool, _gathers, _one_copy, _range_boxes, _refine, apply_chain,
-                                     read_canonical_pread)
+                                     prefetch_canonical, read_canonical_pread)
 from moepack.example import write_example
 from moepack.formats.assemble import read_canonical
 from moepack.formats.detect import describe
@@ -253,6 +253,7 @@ def test_apply_chain_on_real_checkpoints(example_ckpt, example, tp):
         lp = plan_layer(spec, get_target(target.backend, target.hardware, desc.quant, target.variant), tp, 1)
         for role, ct in spec.tensors.items():
             x = read_canonical(ckpt, ct)
+            prefetch_canonical(ckpt, ct)          # a hint only: the bytes read after it are the same
             assert _bytes_equal(read_canonical_pread(ckpt, ct), x)
             _same_parts(lp.chains[role], x)
     ckpt.close()
