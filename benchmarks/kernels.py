@@ -32,6 +32,7 @@ from peer_bench import PeerLayer, TkLayer, graph_time, load_peer, roofs, tuned_c
 
 from moepack.formats.model import Activation  # noqa: E402
 from moepack.kernels.configs import GemmConfig, MoEConfig  # noqa: E402
+from moepack.kernels.triton_mxfp4 import small_scales  # noqa: E402
 from moepack.kernels.triton_moe import MoEMeta, fused_moe  # noqa: E402
 from moepack.layouts.transform import Chain  # noqa: E402
 from moepack.layouts.triton import triton_local_steps  # noqa: E402
@@ -61,7 +62,9 @@ def bench_gptoss(R, Ms, rows, tk_dir):
     logical = {"w13_weight": deinterleave(L.q13), "w13_weight_scale": deinterleave(L.s13),
                "w13_bias": deinterleave(L.b13), "w2_weight": L.q2, "w2_weight_scale": L.s2, "w2_bias": L.b2}
     stored = to_triton("mxfp4", True, logical)
-    meta = MoEMeta("mxfp4", Activation("swiglu_oai", alpha=1.702, limit=7.0), True, E, H, I, True)
+    meta = MoEMeta("mxfp4", Activation("swiglu_oai", alpha=1.702, limit=7.0), True, E, H, I, True,
+                   small_scales(stored["w13_weight_scale"], stored["w2_weight_scale"]))
+    print(f"(small_scales: {meta.small_scales})", flush=True)
     g = torch.Generator(device="cuda").manual_seed(1)
     name = "gpt-oss-120b MXFP4 w4a16 (E=128, top-4, H=I=2880)"
     print(f"\n## {name}; peer: triton_kernels matmul_ogs", flush=True)
@@ -145,7 +148,8 @@ def random_stored(quant: str, E: int, H: int, I: int, device="cuda") -> tuple[di
               "w13_bias": torch.randn(E, 2 * I, device=device, generator=g) * 0.1,
               "w2_weight": u8(E, H, I // 2), "w2_weight_scale": u8(E, I // 32, H, lo=118, hi=126),
               "w2_bias": torch.randn(E, H, device=device, generator=g) * 0.1}
-        return st, MoEMeta("mxfp4", Activation("swiglu_oai", alpha=1.702, limit=7.0), True, E, H, I, True)
+        return st, MoEMeta("mxfp4", Activation("swiglu_oai", alpha=1.702, limit=7.0), True, E, H, I, True,
+                           small_scales(st["w13_weight_scale"], st["w2_weight_scale"]))
     def f8(E, N, K):   # finite e4m3 codes (|code| <= 0x77), one expert at a time to bound the temporaries
         w = torch.empty(E, N, K, dtype=torch.uint8, device=device)
         for e in range(E):

@@ -39,6 +39,7 @@ class MoEMeta:
     H: int
     Ip: int
     add_w2_bias: bool = True
+    small_scales: bool = False   # mxfp4: every weight scale code <= 128 (triton_mxfp4.small_scales); False is always safe
 
 
 @triton.jit
@@ -68,7 +69,7 @@ def _moe_gemm(
     TOPK: tl.constexpr, FMT: tl.constexpr, STAGE: tl.constexpr, ACT_KIND: tl.constexpr, GATED: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LIMIT: tl.constexpr, PER_PAIR: tl.constexpr, CH: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SOFT_RNE: tl.constexpr,
-    BF16_ASM: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr,
+    BF16_ASM: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr, FOLD: tl.constexpr,
 ):
     """One [BM, BN] output tile of one GEMM stage for one expert block.
 
@@ -123,7 +124,7 @@ def _moe_gemm(
         s_base = WS + e * stride_se + offs_n[None, :] * stride_s2
         for k0 in range(0, K, BK):
             acc = mxfp4_step(acc, a_base, a_mask, w_base, s_base, stride_s1, offs_n, mask_n, k0, K, BN, BK, CH,
-                             BF16_ASM, SWAP)
+                             BF16_ASM, SWAP, FOLD)
     elif FMT == 1:
         if STAGE == 1 and GATED:
             srow = (offs_n % 2) * n_scale_blocks + (offs_n // 2) // 128
@@ -221,6 +222,7 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         HAS_BIAS=bias is not None, HAS_LIMIT=act.limit is not None and stage == 1, PER_PAIR=cfg.per_pair, CH=ch,
         BM=cfg.block_m, BN=gcfg.block_n, BK=bk, GROUP_M=cfg.group_m, SOFT_RNE=_INTERPRETED,
         BF16_ASM=A.dtype == torch.bfloat16 and not _INTERPRETED, PREQ=A_scale is not None, SWAP=gcfg.swap_ab,
+        FOLD=bool(getattr(meta, "small_scales", False)) and fmt == 0,
         num_warps=gcfg.num_warps, num_stages=gcfg.num_stages,
     )
 

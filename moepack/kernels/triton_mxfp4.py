@@ -7,7 +7,8 @@ the low nibbles against the activation columns of each chunk's first half, the h
 the second halves. No unpacked value is ever interleaved in registers.
 
 Two decoders: a portable one (any activation dtype, runs in the CPU interpreter) and, for bf16 on
-the GPU, inline PTX that turns 4 packed bytes into 8 scaled bf16 values in ~30 instructions.
+the GPU, inline PTX that turns 4 packed bytes into 8 scaled bf16 values in ~30 instructions (~26 with
+FOLD, when every scale code of the tensor is <= 128, see `small_scales`).
 
 e2m1 -> float: the 3 magnitude bits placed at fp16 bits 9..11 and the sign at bit 15 give the FP4
 value times 2^-14 exactly (code 1 lands on the fp16 subnormal 2^-15); the e8m0 code s becomes the
@@ -63,17 +64,41 @@ mul.rn.bf16x2 $3, m, $8;
 """)
 
 
+# FOLD variant, for tensors whose every scale code is <= 128: the decoded FP4 value times 2^-126 is multiplied
+# once by the bf16 2^(s - 1) (representable exactly when s <= 128), the same exact product as the two
+# multiplications above, rounded once: bit-identical, one mul.bf16x2 per 2 values less.
+_UNPACK_FOLD_ASM = tl.constexpr("""
+{
+.reg .b32 y, m, s;
+prmt.b32 y, $4, 0, 0x4140;
+shl.b32 m, y, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 12; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 $0, m, $5;
+shl.b32 m, y, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 8; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 $2, m, $7;
+prmt.b32 y, $4, 0, 0x4342;
+shl.b32 m, y, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 12; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 $1, m, $6;
+shl.b32 m, y, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 8; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 $3, m, $8;
+}
+""")
+
+
 @triton.jit
-def _expand_scale_bf16(scale, BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr):
-    """[BK/CH, BN] e8m0 codes -> [BN, BK/2] bf16 2^(s - 127), one per low/high-nibble element."""
-    s = (scale.to(tl.int16) << 7).to(tl.bfloat16, bitcast=True)
+def _expand_scale_bf16(scale, BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr, FOLD: tl.constexpr = False):
+    """[BK/CH, BN] e8m0 codes -> [BN, BK/2] bf16 2^(s - 127) (FOLD: 2^(s - 1)), one per low/high-nibble element."""
+    if FOLD:
+        s = ((scale.to(tl.int16) + 126) << 7).to(tl.bfloat16, bitcast=True)
+    else:
+        s = (scale.to(tl.int16) << 7).to(tl.bfloat16, bitcast=True)
     s = tl.broadcast_to(tl.trans(s)[:, :, None], [BN, BK // CH, CH // 2])
     return tl.reshape(s, [BN, BK // 2])
 
 
 @triton.jit
 def mxfp4_step(acc, a_base, a_mask_m, w_base, s_base, stride_sk, offs_n, mask_n, k0, K,
-               BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr, BF16_ASM: tl.constexpr, SWAP: tl.constexpr):
+               BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr, BF16_ASM: tl.constexpr, SWAP: tl.constexpr,
+               FOLD: tl.constexpr):
     """acc [BM, BN] += A[:, k0:k0+BK] @ W[offs_n, k0:k0+BK].T for one K-step; with SWAP the accumulator is
     the transpose, acc [BN, BM] += W @ A.T (swap-AB: the decoded weight tile is the MMA's left operand,
     which Hopper's wgmma takes from registers, and the tokens are its narrow N side).
@@ -93,8 +118,8 @@ def mxfp4_step(acc, a_base, a_mask_m, w_base, s_base, stride_sk, offs_n, mask_n,
     s_hi = tl.load(s_base + (run + CH // 64)[:, None] * stride_sk, mask=m_run[:, None] & mask_n[None, :], other=127)
     if BF16_ASM:
         w_lo, w_hi = tl.inline_asm_elementwise(
-            _UNPACK_ASM, "=r,=r,=r,=r,r,r,r,r,r",
-            [wb, _expand_scale_bf16(s_lo, BN, BK, CH), _expand_scale_bf16(s_hi, BN, BK, CH)],
+            _UNPACK_FOLD_ASM if FOLD else _UNPACK_ASM, "=r,=r,=r,=r,r,r,r,r,r",
+            [wb, _expand_scale_bf16(s_lo, BN, BK, CH, FOLD), _expand_scale_bf16(s_hi, BN, BK, CH, FOLD)],
             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
     else:
         w_lo = _decode(wb & 15, s_lo, BN, BK, CH, a_lo.dtype)
@@ -106,3 +131,9 @@ def mxfp4_step(acc, a_base, a_mask_m, w_base, s_base, stride_sk, offs_n, mask_n,
         acc = tl.dot(a_lo, tl.trans(w_lo), acc)
         acc = tl.dot(a_hi, tl.trans(w_hi), acc)
     return acc
+
+
+def small_scales(*scales) -> bool:
+    """True when every e8m0 code of these stored scale tensors is <= 128 (scale <= 2): the bf16 decode may
+    then FOLD its 2^126 factor into the scale. One reduction per tensor: call once at load, not per batch."""
+    return all(t is not None and t.numel() and int(t.max()) <= 128 for t in scales)

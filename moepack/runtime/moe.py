@@ -126,11 +126,14 @@ class MoELayer:
 
         if self._triton is None:
             from ..kernels.triton_moe import MoEMeta
+            from ..kernels.triton_mxfp4 import small_scales
 
             rows = self.stored["w13_weight"].shape[1]          # 2*Ip gated, Ip up_only (rows kept by the layout)
             self._triton = MoEMeta(quant=self.quant, activation=self.activation, gated=self.gated,
                                    E_l=len(self.experts), H=self.hidden, Ip=rows // 2 if self.gated else rows,
-                                   add_w2_bias=self.add_w2_bias)
+                                   add_w2_bias=self.add_w2_bias,
+                                   small_scales=self.quant == "mxfp4" and small_scales(
+                                       self.stored.get("w13_weight_scale"), self.stored.get("w2_weight_scale")))
         return fused_moe(x, w.to(torch.float32), self.local_ids(ids), self.stored, self._triton)
 
     def _run_vendor(self, kernel: str) -> torch.Tensor:

@@ -61,3 +61,28 @@ def test_every_shipped_config(name):
     for cfg in shipped_configs(meta["quant"]):
         err = rel_err(fused_moe(xs, tws, idss, st, meta, config=cfg), ref)
         assert err < TOLERANCE[meta["quant"]], (cfg, err)
+
+
+@cuda
+def test_mxfp4_scale_fold_is_bit_identical():
+    """FOLD (one bf16 multiply by 2^(s-1) instead of 2^126 then 2^(s-127)) must give the same bits for every
+    scale code it is used for (0..128, including results that underflow to subnormals or zero)."""
+    import dataclasses
+
+    from moepack.kernels.configs import GemmConfig, MoEConfig
+    from moepack.kernels.triton_moe import MoEMeta, fused_moe
+    from moepack.kernels.triton_mxfp4 import small_scales
+    x, tw, ids, local, stored, meta = make_case("mxfp4_swiglu_bias", seed=13, x_dtype=torch.bfloat16)
+    st = _to(stored, "cuda")
+    g = torch.Generator().manual_seed(3)
+    for role in ("w13_weight_scale", "w2_weight_scale"):
+        st[role] = torch.randint(0, 129, st[role].shape, generator=g, dtype=torch.int32).to(torch.uint8).cuda()
+    assert small_scales(st["w13_weight_scale"], st["w2_weight_scale"])
+    plain = MoEMeta(**meta)
+    folded = dataclasses.replace(plain, small_scales=True)
+    for swap in (False, True):
+        gc = GemmConfig(block_n=64, block_k=128, num_warps=4, num_stages=2, swap_ab=swap)
+        cfg = MoEConfig(per_pair=False, block_m=16, gemm1=gc, gemm2=gc)
+        a = fused_moe(x.cuda(), tw.cuda(), ids.cuda(), st, plain, config=cfg)
+        b = fused_moe(x.cuda(), tw.cuda(), ids.cuda(), st, folded, config=cfg)
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16))

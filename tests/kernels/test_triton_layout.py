@@ -72,3 +72,12 @@ def test_local_steps_round_trip_every_role():
         assert Chain.from_json(chain.to_json()) == chain
     assert triton_local_steps("w13_weight", "fp8_tensor", False, (E, Ip, H)) == ()
     assert mxfp4_k_chunk(2880) == 64 and mxfp4_k_chunk(1440) == 32
+
+
+def test_small_scales_is_every_code_at_most_128():
+    from moepack.kernels.triton_mxfp4 import small_scales
+    ok = torch.tensor([[0, 127, 128]], dtype=torch.uint8)
+    assert small_scales(ok, ok)
+    assert not small_scales(ok, torch.tensor([128, 129], dtype=torch.uint8))
+    assert not small_scales(ok, None)
+    assert not small_scales(torch.empty(0, dtype=torch.uint8))
