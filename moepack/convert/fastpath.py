@@ -29,8 +29,6 @@ from ..layouts.aiter import AiterE8m0Shuffle
 from ..layouts.generic import (BlockAlignedTpSlice, DeinterleaveGateUp, EpSelect, Pad, SwapHalves, TpSlice, filled,
                                new_buffer)
 from ..layouts.transform import Chain, Partition
-from ..layouts.triton import InterleaveGateUp as TritonInterleaveGateUp
-from ..layouts.triton import TransposeLast2
 from ..source.checkpoint import Checkpoint
 
 
@@ -248,12 +246,8 @@ def _permutation(step, shape: list[int], dtype: torch.dtype):
             return None
         if sn != shape[-1]:
             pad = Pad(dim=-1, from_size=shape[-1], to_size=sn, value=step.pad_value)
-    elif hasattr(step, "view_permutation"):
+    elif hasattr(step, "view_permutation"):   # AITER shuffles, Triton gate/up interleave and scale transpose
         dims, perm = step.view_permutation(torch.empty(shape, dtype=dtype, device="meta"))
-    elif isinstance(step, TritonInterleaveGateUp):
-        dims, perm = (shape[0], 2, shape[1] // 2, math.prod(shape[2:])), (0, 2, 1, 3)
-    elif isinstance(step, TransposeLast2):
-        dims, perm = (math.prod(shape[:-2]), shape[-2], shape[-1]), (0, 2, 1)
     else:
         return None
     return pad, tuple(dims), tuple(perm), tuple(out.shape)

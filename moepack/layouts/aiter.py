@@ -51,9 +51,23 @@ def _need(cond: bool, who: str, what: str, x: torch.Tensor) -> None:
         raise PlanError(f"{who}: needs {what}, got {x.dtype} {tuple(x.shape)}")
 
 
+class _SameShapePermutation(Transform):
+    """A shuffle that keeps the shape: `view_permutation(x)` -> (dims, perm) says x is viewed as `dims` and
+    permuted to `perm`; apply and invert follow from it (and convert's one-pass writer reads it too)."""
+
+    def view_permutation(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        raise NotImplementedError
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return _permuted(x, *self.view_permutation(x))
+
+    def invert(self, y: torch.Tensor) -> torch.Tensor:
+        return _unpermuted(y, *self.view_permutation(y))
+
+
 @register
 @dataclass(frozen=True)
-class AiterShuffleWeight(Transform):
+class AiterShuffleWeight(_SameShapePermutation):
     """AITER `shuffle_weight(x, layout)` (default, non-interleaved path): [..., N, K] -> same shape.
 
     IN, IK = layout; BK = 2*IK storage units; V = 16 / elem_bytes (16-byte vectors: 8 bf16, 16 fp8 or
@@ -76,12 +90,6 @@ class AiterShuffleWeight(Transform):
         _need(N % IN == 0 and K % BK == 0 and BK % V == 0, self.name, f"N % {IN} == 0 and K % {BK} == 0", x)
         B = math.prod(x.shape[:-2])
         return (B, N // IN, IN, K // BK, BK // V, V), (0, 1, 3, 4, 2, 5)
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return _permuted(x, *self.view_permutation(x))
-
-    def invert(self, y: torch.Tensor) -> torch.Tensor:
-        return _unpermuted(y, *self.view_permutation(y))
 
 
 @register
@@ -129,7 +137,7 @@ class AiterE8m0Shuffle(Transform):
 
 @register
 @dataclass(frozen=True)
-class AiterShuffleWeightA16w4(Transform):
+class AiterShuffleWeightA16w4(_SameShapePermutation):
     """AITER `shuffle_weight_a16w4(w, nlane, gate_up)` (INTERLEAVE path) of packed FP4 [E, N, Kb] uint8 -> same shape.
 
     KPack = 16 bytes, KLane = 64 / nlane; K0 = Kb / (KLane*KPack); k = KLane*KPack*k0 + KPack*kl + kp.
@@ -158,16 +166,10 @@ class AiterShuffleWeightA16w4(Transform):
             return (E, 2, N0, self.nlane, K0, KLane, KPack), (0, 2, 1, 4, 5, 3, 6)
         return (E, N0, self.nlane, K0, KLane, KPack), (0, 1, 3, 4, 2, 5)
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return _permuted(x, *self.view_permutation(x))
-
-    def invert(self, y: torch.Tensor) -> torch.Tensor:
-        return _unpermuted(y, *self.view_permutation(y))
-
 
 @register
 @dataclass(frozen=True)
-class AiterShuffleScaleA16w4(Transform):
+class AiterShuffleScaleA16w4(_SameShapePermutation):
     """AITER `shuffle_scale_a16w4(s, experts, gate_up)` (INTERLEAVE path) of e8m0 scales -> same shape.
 
     s is [experts, n, k] or [experts*n, k] (n rows per expert, k = K/32); needs n % 32 == 0, k % 8 == 0.
@@ -193,12 +195,6 @@ class AiterShuffleScaleA16w4(Transform):
         if self.gate_up:
             return (self.experts, 2, N1, 16, K1, 2, 4), (0, 2, 4, 6, 3, 5, 1)
         return (self.experts, N1, 2, 16, K1, 2, 4), (0, 1, 4, 6, 3, 5, 2)
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return _permuted(x, *self.view_permutation(x))
-
-    def invert(self, y: torch.Tensor) -> torch.Tensor:
-        return _unpermuted(y, *self.view_permutation(y))
 
 
 __all__ = ["AiterShuffleWeight", "AiterE8m0Shuffle", "AiterShuffleWeightA16w4", "AiterShuffleScaleA16w4"]

@@ -27,6 +27,7 @@ Why:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,11 @@ class InterleaveGateUp(Transform):
     """[E, 2N, ...] rows [gate; up] -> rows (2j, 2j+1) = (gate_j, up_j). Works on any trailing dims."""
 
     name = "triton_interleave_gate_up"
+
+    def view_permutation(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(dims, perm): apply(x) is x viewed `dims`, permuted to `perm` (x may be a meta tensor)."""
+        E, R = x.shape[0], x.shape[1]
+        return (E, 2, R // 2, math.prod(x.shape[2:])), (0, 2, 1, 3)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         E, R = x.shape[0], x.shape[1]
@@ -98,6 +104,10 @@ class TransposeLast2(Transform):
     """[..., N, M] -> [..., M, N] (contiguous)."""
 
     name = "triton_transpose_last2"
+
+    def view_permutation(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(dims, perm): apply(x) is x viewed `dims`, permuted to `perm`, shaped [..., M, N]."""
+        return (math.prod(x.shape[:-2]), x.shape[-2], x.shape[-1]), (0, 2, 1)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return x.transpose(-1, -2).contiguous()
