@@ -222,7 +222,7 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         HAS_BIAS=bias is not None, HAS_LIMIT=act.limit is not None and stage == 1, PER_PAIR=cfg.per_pair, CH=ch,
         BM=cfg.block_m, BN=gcfg.block_n, BK=bk, GROUP_M=cfg.group_m, SOFT_RNE=_INTERPRETED,
         BF16_ASM=A.dtype == torch.bfloat16 and not _INTERPRETED, PREQ=A_scale is not None, SWAP=gcfg.swap_ab,
-        FOLD=bool(getattr(meta, "small_scales", False)) and fmt == 0,
+        FOLD=meta.small_scales and fmt == 0,
         num_warps=gcfg.num_warps, num_stages=gcfg.num_stages,
     )
 

@@ -42,46 +42,28 @@ def _decode(codes, scale, BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr, 
 # bits 6..8 and its sign at bit 15 (the FP4 value times 2^-126; code 1 is a bf16 subnormal, which
 # bf16x2 multiplication handles); mul.bf16x2 by 2^126 (0x7E80) makes it exact FP4, a second by the
 # bf16 2^(s - 127) (bits s << 7, so every code 1..254 is exact and 255 is NaN) applies the scale.
-_UNPACK_ASM = tl.constexpr("""
-{
-.reg .b32 y, m, s, c;
-mov.b32 c, 0x7E807E80;
-prmt.b32 y, $4, 0, 0x4140;
-shl.b32 m, y, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 12; and.b32 s, s, 0x80008000; or.b32 m, m, s;
-mul.rn.bf16x2 m, m, c;
-mul.rn.bf16x2 $0, m, $5;
-shl.b32 m, y, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 8; and.b32 s, s, 0x80008000; or.b32 m, m, s;
-mul.rn.bf16x2 m, m, c;
-mul.rn.bf16x2 $2, m, $7;
-prmt.b32 y, $4, 0, 0x4342;
-shl.b32 m, y, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 12; and.b32 s, s, 0x80008000; or.b32 m, m, s;
-mul.rn.bf16x2 m, m, c;
-mul.rn.bf16x2 $1, m, $6;
-shl.b32 m, y, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 8; and.b32 s, s, 0x80008000; or.b32 m, m, s;
-mul.rn.bf16x2 m, m, c;
-mul.rn.bf16x2 $3, m, $8;
-}
-""")
+# FOLD, for tensors whose every scale code is <= 128: one multiplication by the bf16 2^(s - 1) (exact
+# when s <= 128) instead of the two: the same exact product, rounded once, so bit-identical, one
+# mul.bf16x2 per 2 values less.
+def _unpack_asm(fold: bool) -> str:
+    """The PTX body: operand $4 = 4 packed bytes, $5..$8 = bf16x2 scales; outputs $0, $1 (low nibbles of
+    bytes 0-1, 2-3) and $2, $3 (high nibbles)."""
+    lines = ["{", ".reg .b32 y, m, s;" if fold else ".reg .b32 y, m, s, c;"]
+    if not fold:
+        lines.append("mov.b32 c, 0x7E807E80;")
+    for sel, nibbles in (("0x4140", ((6, 12, 0, 5), (2, 8, 2, 7))), ("0x4342", ((6, 12, 1, 6), (2, 8, 3, 8)))):
+        lines.append(f"prmt.b32 y, $4, 0, {sel};")
+        for mag, sign, out, scale in nibbles:
+            lines.append(f"shl.b32 m, y, {mag}; and.b32 m, m, 0x01C001C0; shl.b32 s, y, {sign}; "
+                         "and.b32 s, s, 0x80008000; or.b32 m, m, s;")
+            if not fold:
+                lines.append("mul.rn.bf16x2 m, m, c;")
+            lines.append(f"mul.rn.bf16x2 ${out}, m, ${scale};")
+    return "\n" + "\n".join(lines + ["}"]) + "\n"
 
 
-# FOLD variant, for tensors whose every scale code is <= 128: the decoded FP4 value times 2^-126 is multiplied
-# once by the bf16 2^(s - 1) (representable exactly when s <= 128), the same exact product as the two
-# multiplications above, rounded once: bit-identical, one mul.bf16x2 per 2 values less.
-_UNPACK_FOLD_ASM = tl.constexpr("""
-{
-.reg .b32 y, m, s;
-prmt.b32 y, $4, 0, 0x4140;
-shl.b32 m, y, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 12; and.b32 s, s, 0x80008000; or.b32 m, m, s;
-mul.rn.bf16x2 $0, m, $5;
-shl.b32 m, y, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 8; and.b32 s, s, 0x80008000; or.b32 m, m, s;
-mul.rn.bf16x2 $2, m, $7;
-prmt.b32 y, $4, 0, 0x4342;
-shl.b32 m, y, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 12; and.b32 s, s, 0x80008000; or.b32 m, m, s;
-mul.rn.bf16x2 $1, m, $6;
-shl.b32 m, y, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, y, 8; and.b32 s, s, 0x80008000; or.b32 m, m, s;
-mul.rn.bf16x2 $3, m, $8;
-}
-""")
+_UNPACK_ASM = tl.constexpr(_unpack_asm(fold=False))
+_UNPACK_FOLD_ASM = tl.constexpr(_unpack_asm(fold=True))
 
 
 @triton.jit
