@@ -30,6 +30,7 @@ from ..layouts.generic import (BlockAlignedTpSlice, DeinterleaveGateUp, EpSelect
                                new_buffer)
 from ..layouts.transform import Chain, Partition
 from ..source.checkpoint import Checkpoint
+from .directio import aligned_empty
 
 
 class BufferPool:
@@ -54,7 +55,7 @@ class BufferPool:
         return torch._C._storage_Use_Count(buf.untyped_storage()._cdata)
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised tensor of `shape` and `dtype` (contiguous, 64-byte aligned)."""
+        """An uninitialised tensor of `shape` and `dtype` (contiguous; page-aligned from MIN_BYTES up)."""
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < self.MIN_BYTES:
             return torch.empty(shape, dtype=dtype)
@@ -62,7 +63,7 @@ class BufferPool:
         for buf, idle in bufs:
             if self._users(buf) == idle:
                 return buf.view(dtype).view(shape)
-        buf = torch.empty(nbytes, dtype=torch.uint8)
+        buf = aligned_empty(nbytes)          # page-aligned: written to disk without a copy (directio)
         bufs.append((buf, self._users(buf)))
         return buf.view(dtype).view(shape)
 

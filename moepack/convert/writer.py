@@ -17,11 +17,9 @@ import errno
 import hashlib
 import json
 import os
-import queue
 import re
 import socket
 import struct
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -31,10 +29,12 @@ import torch
 from ..errors import BadInputError, EnvironmentError_
 from ..hashing import TENSOR_HASH, tensor_hasher
 from ..source.header import HeaderError, read_header
+from .directio import DirectFile
 
 LOCK_NAME = ".moepack.lock"
 TEMP_SUFFIX = ".tmp"
-CHUNK = 32 << 20            # bytes handed to one os.write / hash update
+CHUNK = 32 << 20            # bytes handed to one write / hash update
+DATA_ALIGN = 4096           # part files: tensor data starts at this offset multiple (O_DIRECT writes, mmap)
 
 # safetensors header dtype strings <-> torch dtypes (the ones moepack writes or passes through)
 ST_DTYPES: dict[str, torch.dtype] = {
@@ -121,9 +121,13 @@ def split_parts(entries: Sequence[TensorEntry], max_bytes: int) -> list[list[Ten
     return parts
 
 
-def safetensors_header(entries: Sequence[TensorEntry], metadata: dict[str, str] | None = None) -> bytes:
+def safetensors_header(entries: Sequence[TensorEntry], metadata: dict[str, str] | None = None,
+                       align: int = 8) -> bytes:
     """The 8-byte length + JSON header of a safetensors file holding `entries` in order.
-    Padded with spaces so that tensor data starts 8-byte aligned. Deterministic (no timestamps)."""
+    Padded with spaces so that tensor data starts at a multiple of `align` (a multiple of 8) bytes.
+    Deterministic (no timestamps)."""
+    if align <= 0 or align % 8:
+        raise ValueError(f"header alignment {align} is not a positive multiple of 8")
     header: dict = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -134,7 +138,7 @@ def safetensors_header(entries: Sequence[TensorEntry], metadata: dict[str, str] 
         header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
         offset += e.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-(len(raw) + 8) % 8)
+    raw += b" " * (-(len(raw) + 8) % align)
     return struct.pack("<Q", len(raw)) + raw
 
 
@@ -245,58 +249,6 @@ def write_file_atomic(out: Path, name: str, data: bytes) -> None:
             tmp.unlink()
 
 
-# ----------------------------------------------------------------------------- hashing in a thread
-
-class _HashThread:
-    """The tensor hash (`moepack.hashing`) of a sequence of keyed byte streams, computed in a background thread.
-
-    `begin(key)`, `update(buf)` ..., and `result()` -> {key: hexdigest} after `close()`.
-    The bounded queue keeps at most a few chunks alive (they are views, not copies)."""
-
-    def __init__(self) -> None:
-        self._q: queue.Queue = queue.Queue(maxsize=8)
-        self._digests: dict[str, str] = {}
-        self._error: BaseException | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        key, h = None, None
-        while True:
-            item = self._q.get()
-            if item is None:
-                break
-            if self._error is not None:
-                continue
-            try:
-                if isinstance(item, str):
-                    if key is not None:
-                        self._digests[key] = h.hexdigest()
-                    key, h = item, tensor_hasher()
-                else:
-                    h.update(item)
-            except BaseException as exc:  # pragma: no cover - hashing does not fail on bytes
-                self._error = exc
-        if key is not None:
-            self._digests[key] = h.hexdigest()
-
-    def begin(self, key: str) -> None:
-        self._q.put(key)
-
-    def update(self, buf) -> None:
-        self._q.put(buf)
-
-    def close(self) -> dict[str, str]:
-        if not self._closed:
-            self._closed = True
-            self._q.put(None)
-            self._thread.join()
-        if self._error is not None:  # pragma: no cover
-            raise self._error
-        return self._digests
-
-
 # ----------------------------------------------------------------------------- part writer
 
 @dataclass
@@ -365,50 +317,50 @@ class PartWriter:
 
         with PartWriter(out, "model-rank-0-part-0.safetensors", entries) as w:
             w.write("a", tensor_a); w.write_raw("b", chunks)
+            w.begin("c"); w.append(buf); ...; w.end()       # the same, one buffer at a time
         w.result -> WrittenFile
 
+    The header is padded so tensor data starts at a multiple of DATA_ALIGN; the bytes go to disk through
+    `DirectFile` (O_DIRECT where the file system takes it) and each tensor is hashed on the way.
     Leaving the `with` block by an exception removes the temp file and leaves no final file.
     OSErrors for disk full / quota / permission / read-only become EnvironmentError_ naming the file.
     """
 
     def __init__(self, out: Path | str, name: str, entries: Sequence[TensorEntry],
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None, direct: bool = True) -> None:
         self.out = Path(out)
         self.name = plain_name(name)
         self.final = self.out / name
         self.temp = self.out / f".{name}{TEMP_SUFFIX}"
         self.entries = list(entries)
         self._next = 0
-        self._size = 0
-        self._fd: int | None = None
+        self._file: DirectFile | None = None
+        self._open: tuple[TensorEntry, object, int] | None = None   # (entry, hasher, start size) of begin()
+        self._digests: dict[str, str] = {}
         self.result: WrittenFile | None = None
-        self._tensor_hash = _HashThread()
-        self._header = safetensors_header(self.entries, metadata)
+        self._header = safetensors_header(self.entries, metadata, DATA_ALIGN)
         try:
             if self.temp.is_symlink() or self.temp.exists():
                 self.temp.unlink()
-            self._fd = _create_exclusive(self.temp)
-            self._put(memoryview(self._header), tensor=False)
+            self._file = DirectFile.create(self.temp, direct)
+            self._file.write(self._header)
         except BaseException as exc:
             self.abort()
             if isinstance(exc, OSError):
                 raise environment_error(exc, self.final) from exc
             raise
 
-    # -- internals
-    def _put(self, buf: memoryview, tensor: bool) -> None:
-        for i in range(0, max(len(buf), 1), CHUNK):
-            chunk = buf[i:i + CHUNK]
-            if not len(chunk):
-                break
-            _write_all(self._fd, chunk)
-            if tensor:
-                self._tensor_hash.update(chunk)
-            self._size += len(chunk)
+    @property
+    def direct(self) -> bool:
+        """True while the file is written with O_DIRECT."""
+        return self._file is not None and self._file.direct
 
+    # -- internals
     def _expect(self, name: str, dtype: str | None, shape: tuple[int, ...] | None) -> TensorEntry:
-        if self._fd is None:
+        if self._file is None:
             raise RuntimeError(f"part {self.name} is closed")
+        if self._open is not None:
+            raise RuntimeError(f"part {self.name}: tensor {self._open[0].name} is not ended")
         if self._next >= len(self.entries):
             raise RuntimeError(f"part {self.name}: tensor {name!r} was not declared")
         e = self.entries[self._next]
@@ -426,64 +378,88 @@ class PartWriter:
                 raise environment_error(exc, self.final) from exc
             raise
 
+    def _begin(self, e: TensorEntry) -> None:
+        self._open = (e, tensor_hasher(), self._file.size)
+
+    def _append(self, buf) -> None:
+        if self._open is None:
+            raise RuntimeError(f"part {self.name}: append() outside begin() / end()")
+        buf = memoryview(buf).cast("B")
+        for i in range(0, len(buf), CHUNK):
+            chunk = buf[i:i + CHUNK]
+            self._open[1].update(chunk)
+            self._file.write(chunk)
+
+    def _end(self) -> None:
+        if self._open is None:
+            raise RuntimeError(f"part {self.name}: end() without begin()")
+        e, h, start = self._open
+        got = self._file.size - start
+        if got != e.nbytes:
+            raise RuntimeError(f"part {self.name}: tensor {e.name} got {got} bytes, declared {e.nbytes}")
+        self._digests[e.name] = h.hexdigest()
+        self._open = None
+        self._next += 1
+
     # -- public
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write the next declared tensor (its dtype and shape must match the declaration)."""
         self._guard(self._write, name, tensor)
 
     def _write(self, name: str, tensor: torch.Tensor) -> None:
-        e = self._expect(name, st_dtype(tensor), tuple(tensor.shape))
-        self._tensor_hash.begin(e.name)
-        self._put(tensor_bytes(tensor), tensor=True)
-        self._next += 1
+        self._begin(self._expect(name, st_dtype(tensor), tuple(tensor.shape)))
+        self._append(tensor_bytes(tensor))
+        self._end()
 
     def write_raw(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
         """Write the next declared tensor from raw bytes (e.g. copied from a source file)."""
         self._guard(self._write_raw, name, chunks)
 
     def _write_raw(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
-        e = self._expect(name, None, None)
-        self._tensor_hash.begin(e.name)
-        start = self._size
+        self._begin(self._expect(name, None, None))
         for c in chunks:
-            self._put(memoryview(c).cast("B"), tensor=True)
-        if self._size - start != e.nbytes:
-            raise RuntimeError(f"part {self.name}: tensor {name} got {self._size - start} bytes, declared {e.nbytes}")
-        self._next += 1
+            self._append(c)
+        self._end()
+
+    def begin(self, name: str) -> None:
+        """Start the next declared tensor; its bytes follow by `append`, then `end()` checks their count."""
+        self._guard(lambda: self._begin(self._expect(name, None, None)))
+
+    def append(self, buf) -> None:
+        self._guard(self._append, buf)
+
+    def end(self) -> None:
+        self._guard(self._end)
 
     def close(self) -> WrittenFile:
         """Finish: check every declared tensor was written, fsync, rename to the final name, fsync OUT."""
         return self._guard(self._close)
 
     def _close(self) -> WrittenFile:
-        if self._next != len(self.entries):
+        if self._open is not None or self._next != len(self.entries):
             raise RuntimeError(f"part {self.name}: {len(self.entries) - self._next} declared tensors not written")
-        tensor_digests = self._tensor_hash.close()
-        digest = part_digest(self._header, (tensor_digests[e.name] for e in self.entries))
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
+        digest = part_digest(self._header, (self._digests[e.name] for e in self.entries))
+        size = self._file.finish()
+        self._file.fsync()
+        self._file.close()
+        self._file = None
         if self.final.is_symlink():
             raise BadInputError(f"{self.final} is a symlink; moepack never writes through links")
         os.replace(self.temp, self.final)
         fsync_dir(self.out)
-        tensors = {e.name: {"dtype": e.dtype, "shape": list(e.shape), TENSOR_HASH: tensor_digests[e.name]}
+        tensors = {e.name: {"dtype": e.dtype, "shape": list(e.shape), TENSOR_HASH: self._digests[e.name]}
                    for e in self.entries}
-        self.result = WrittenFile(self.name, self._size, digest, tensors)
+        self.result = WrittenFile(self.name, size, digest, tensors)
         return self.result
 
     def abort(self) -> None:
         """Drop the temp file (idempotent). The final file, if an earlier run made it, is left alone."""
-        if self._fd is not None:
+        if self._file is not None:
             try:
-                os.close(self._fd)
+                self._file.close()
             except OSError:
                 pass
-            self._fd = None
-        try:
-            self._tensor_hash.close()
-        except BaseException:  # pragma: no cover
-            pass
+            self._file = None
         try:
             if self.temp.exists() or self.temp.is_symlink():
                 self.temp.unlink()

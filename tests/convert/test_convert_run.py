@@ -128,16 +128,16 @@ def test_out_symlink_and_links_inside_refused(clean, tmp_path):
 def test_disk_full_leaves_no_manifest_and_no_temp(clean, tmp_path, monkeypatch):
     src = clean[0]
     out = tmp_path / "out"
-    real = os.write
+    real = os.pwrite
     seen = {"n": 0}
 
-    def write(fd, buf):
+    def pwrite(fd, buf, offset):
         seen["n"] += 1
         if seen["n"] > 6:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, buf)
+        return real(fd, buf, offset)
 
-    monkeypatch.setattr(W.os, "write", write)
+    monkeypatch.setattr(W.os, "pwrite", pwrite)
     with pytest.raises(EnvironmentError_, match=r"disk full while writing .*\.safetensors"):
         convert(src, out, progress=False, **CASE)
     monkeypatch.undo()

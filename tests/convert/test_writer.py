@@ -105,16 +105,16 @@ def test_wrong_order_or_missing_tensor_leaves_no_file(tmp_path):
 def test_write_errors_map_to_environment_error(tmp_path, monkeypatch, code, words):
     ts = _tensors()
     entries = [W.TensorEntry.of(k, v) for k, v in ts.items()]
-    real_write = os.write
+    real_pwrite = os.pwrite
     calls = {"n": 0}
 
-    def failing_write(fd, buf):
+    def failing_pwrite(fd, buf, offset):
         calls["n"] += 1
         if calls["n"] >= 3:
             raise OSError(code, os.strerror(code))
-        return real_write(fd, buf)
+        return real_pwrite(fd, buf, offset)
 
-    monkeypatch.setattr(W.os, "write", failing_write)
+    monkeypatch.setattr(W.os, "pwrite", failing_pwrite)
     with pytest.raises(EnvironmentError_, match=f"{words}.*p.safetensors") as ei:
         with W.PartWriter(tmp_path, "p.safetensors", entries) as w:
             for k, v in ts.items():

@@ -2,7 +2,8 @@
 
     python killpoint.py MODE ARGS...
 
-MODE (the writes counted are `moepack.convert.writer._write_all` calls, the renames `os.replace` calls):
+MODE (the writes counted are `moepack.convert.writer._write_all` calls (small files) and
+`moepack.convert.directio._pwrite_all` calls (part files), the renames `os.replace` calls):
 - `count:FILE`    run normally; write {"writes": n, "replaces": n} to FILE at exit;
 - `kill:write:N`  SIGKILL this process at the start of the N-th write;
 - `kill:replace:N` SIGKILL this process just before the N-th rename;
@@ -20,14 +21,15 @@ from pathlib import Path
 
 
 def _install(mode: str) -> None:
+    import moepack.convert.directio as directio
     import moepack.convert.writer as writer
 
     counts = {"writes": 0, "replaces": 0}
-    real_write, real_replace = writer._write_all, os.replace
+    real_write, real_pwrite, real_replace = writer._write_all, directio._pwrite_all, os.replace
     kind, _, arg = mode.partition(":")
     target, _, nth = arg.partition(":")
 
-    def write_all(fd, buf):
+    def before_write(fd):
         counts["writes"] += 1
         if kind == "kill" and target == "write" and counts["writes"] == int(nth):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -37,7 +39,14 @@ def _install(mode: str) -> None:
             deadline = time.monotonic() + 60
             while not go.exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
+
+    def write_all(fd, buf):
+        before_write(fd)
         return real_write(fd, buf)
+
+    def pwrite_all(fd, buf, offset):
+        before_write(fd)
+        return real_pwrite(fd, buf, offset)
 
     def replace(src, dst, *a, **k):
         counts["replaces"] += 1
@@ -46,6 +55,7 @@ def _install(mode: str) -> None:
         return real_replace(src, dst, *a, **k)
 
     writer._write_all = write_all
+    directio._pwrite_all = pwrite_all
     os.replace = replace
     if kind == "count":
         import atexit

@@ -61,23 +61,23 @@ def umount(path: Path) -> None:
 # ------------------------------------------------------------------------------------------ disk full
 
 def test_disk_full_during_a_part_stops_with_exit_4_naming_the_file(cli, example_ckpt, tmp_path, monkeypatch):
-    import moepack.convert.writer as writer
+    import moepack.convert.directio as directio
 
     calls = {"n": 0}
-    real = writer._write_all
+    real = directio._pwrite_all
 
-    def full_disk(fd, buf):
-        if ".safetensors" in os.readlink(f"/proc/self/fd/{fd}"):
+    def full_disk(fd, buf, offset):
+        # the first write that carries a part's bytes (not DirectFile's all-zero alignment probes) does not fit
+        if ".safetensors" in os.readlink(f"/proc/self/fd/{fd}") and any(bytes(buf)):
             calls["n"] += 1
-            if calls["n"] == 2:                 # a part's header went out; its tensor bytes do not fit
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(fd, buf)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, buf, offset)
 
-    monkeypatch.setattr(writer, "_write_all", full_disk)
+    monkeypatch.setattr(directio, "_pwrite_all", full_disk)
     out = tmp_path / "out"
     line = assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), out)), ENVIRONMENT, "disk full", str(out))
     assert ".safetensors" in line, line
-    assert calls["n"] == 2
+    assert calls["n"] == 1
     assert_nothing_accepted(out)
     assert leftovers(out) == [], "a failed part left its temp file"
 
@@ -132,13 +132,14 @@ def test_read_only_out_filesystem_stops_with_exit_4(cli, example_ckpt, tmp_path)
 def killed_runs(example_ckpt, tmp_path_factory):
     """A clean conversion's hashes, and OUTs left by a real SIGKILL at random points of the writing:
     during a random write, right before a random rename, and right before the manifest's rename (the last)."""
+    import moepack.convert.directio as directio
     import moepack.convert.writer as writer
     from .conftest import convert_api
 
     root = tmp_path_factory.mktemp("killed")
     src = example_ckpt("gpt-oss")
     counts = {"write": 0, "replace": 0}
-    real_write, real_replace = writer._write_all, os.replace
+    real_write, real_pwrite, real_replace = writer._write_all, directio._pwrite_all, os.replace
     mp = pytest.MonkeyPatch()
 
     def counted(kind, real):
@@ -148,6 +149,7 @@ def killed_runs(example_ckpt, tmp_path_factory):
         return call
 
     mp.setattr(writer, "_write_all", counted("write", real_write))
+    mp.setattr(directio, "_pwrite_all", counted("write", real_pwrite))
     mp.setattr(os, "replace", counted("replace", real_replace))
     try:
         convert_api(src, root / "clean", tp=2)
