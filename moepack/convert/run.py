@@ -70,37 +70,48 @@ def _journal(out: Path, unit: Unit) -> Path:
     return out / f"{JOURNAL_PREFIX}{unit.index}.json"
 
 
-def _read_source_bytes(root: Path, file: str, start: int, nbytes: int, on_read=None):
-    """Yield the bytes [start, start + nbytes) of a source file in chunks (no torch, any dtype);
-    `on_read(file, offset, chunk)` sees each chunk (source hashing)."""
+def _read_source_chunks(root: Path, file: str, start: int, nbytes: int, pool: BufferPool, on_read=None):
+    """Yield the bytes [start, start + nbytes) of a source file as [<= _READ_CHUNK] uint8 tensors read into
+    pooled, page-aligned buffers (a buffer is reused once nothing holds it); `on_read(file, offset, view)`
+    sees each chunk (source hashing)."""
     fd = os.open(root / file, os.O_RDONLY)
     try:
         pos, end = start, start + nbytes
         while pos < end:
-            chunk = os.pread(fd, min(_READ_CHUNK, end - pos), pos)
-            if not chunk:
-                raise SourceError(f"{file}: truncated while copying (at byte {pos} of {end})")
+            n = min(_READ_CHUNK, end - pos)
+            chunk = pool.take((_READ_CHUNK,), torch.uint8)[:n]
+            view = memoryview(chunk.numpy()).cast("B")
+            got = 0
+            while got < n:
+                k = os.preadv(fd, [view[got:]], pos + got)
+                if k <= 0:
+                    raise SourceError(f"{file}: truncated while copying (at byte {pos + got} of {end})")
+                got += k
             if on_read is not None:
-                on_read(file, pos, chunk)
+                on_read(file, pos, view)
             yield chunk
-            pos += len(chunk)
+            pos += n
     finally:
         os.close(fd)
 
 
 def check_scale_values(ckpt: Checkpoint, ct, canonical: torch.Tensor) -> None:
     """Refuse NaN / Inf scales (float scales) and e8m0 code 255 (NaN) before they are written:
-    FormatError naming the source tensor and its file. Scales are small; this costs nothing."""
-    if not ct.role.endswith("_scale"):
+    FormatError naming the source tensor and its file. Two reductions (no mask) when the scales are clean."""
+    if not ct.role.endswith("_scale") or canonical.numel() == 0:
         return
     if canonical.dtype.is_floating_point and canonical.element_size() > 1:
+        # amax / amin propagate NaN; +Inf shows in the max, -Inf in the min
+        if bool(torch.isfinite(canonical.amax())) and bool(torch.isfinite(canonical.amin())):
+            return
         bad = ~torch.isfinite(canonical)
         what = "NaN or Inf"
     else:
-        bad = canonical.view(torch.uint8) == E8M0_NAN
+        codes = canonical.view(torch.uint8)
+        if int(codes.amax()) != E8M0_NAN:      # 255 is the largest code: any NaN code is the maximum
+            return
+        bad = codes == E8M0_NAN
         what = "e8m0 code 255 (NaN)"
-    if not bool(bad.any()):
-        return
     for p in ct.pieces:
         lo, hi = p.rows
         region = bad[p.expert, lo:hi] if p.expert is not None else bad[:, lo:hi]
@@ -113,42 +124,38 @@ def check_scale_values(ckpt: Checkpoint, ct, canonical: torch.Tensor) -> None:
 def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None, on_read=None) -> list[dict]:
     """Write the files of one unit and its journal entry; returns [WrittenFile.to_json()] in file order.
 
-    Rank unit: for each item, read the canonical tensor, apply its chain, hand part r to rank r's writer.
-    Shared unit: copy each tensor's source bytes unchanged. `on_read(file, offset, bytes)` sees the source
-    bytes read (SourceHasher.feed)."""
+    Rank unit: a reader thread reads (and checks) each item's canonical tensor one ahead; this thread applies
+    its chain; a writer thread hands part r to rank r's writer. Shared unit: this thread reads each tensor's
+    source bytes in chunks, the writer thread copies them unchanged. `on_read(file, offset, bytes)` sees the
+    source bytes read (SourceHasher.feed)."""
     out_p = Path(out)
-    ckpt = Checkpoint.open(root) if not unit.is_shared else None
     metadata = {"format": "pt"}
     with contextlib.ExitStack() as stack:
         writers = [stack.enter_context(PartWriter(out_p, f, unit.entries(), metadata)) for f in unit.files]
+        sink = stack.enter_context(_PartSink(on_bytes))     # exits (joins) before the writers abort
+        pool = stack.enter_context(BufferPool())             # reused, page-aligned buffers (this thread)
         if unit.is_shared:
             w = writers[0]
             for s in unit.shared:
-                w.write_raw(s.entry.name, _read_source_bytes(Path(root), s.file, s.start, s.entry.nbytes, on_read))
-                _maybe_kill("tensor")
-                if on_bytes:
-                    on_bytes(s.entry.nbytes)
+                sink.submit(w.begin, s.entry.name)
+                for chunk in _read_source_chunks(Path(root), s.file, s.start, s.entry.nbytes, pool, on_read):
+                    sink.submit(w.append, chunk, nbytes=len(chunk))
+                sink.submit(w.end)
+                sink.submit(_maybe_kill, "tensor")
         else:
-            sink = stack.enter_context(_PartSink(writers, on_bytes))   # exits (joins) before the writers abort
-            stack.enter_context(BufferPool())                          # reused part buffers (this thread)
-            for i, item in enumerate(unit.items):
-                if i + 1 < len(unit.items):     # the disk reads the next tensor while this one is worked on
-                    prefetch_canonical(ckpt, unit.items[i + 1].canonical)
-                canonical = read_canonical_pread(ckpt, item.canonical, on_read)
-                ckpt.close()        # unmap what a piece read through safe_open touched (bounded RSS)
-                check_scale_values(ckpt, item.canonical, canonical)
+            reader = stack.enter_context(_CanonicalReader(root, unit.items, on_read))
+            for item in unit.items:
+                canonical = reader.next()
                 if device != "cpu":
                     canonical = canonical.to(device)
                 parts = apply_chain(item.chain, canonical)
                 del canonical
                 if len(parts) != len(writers):
                     raise RuntimeError(f"{item.name}: chain gave {len(parts)} parts for {len(writers)} ranks")
-                sink.put(item.name, parts, item.stored.nbytes * len(writers))
+                sink.submit(_write_parts, writers, item.name, parts, nbytes=item.stored.nbytes * len(writers))
                 del parts
-            sink.finish()
+        sink.finish()
         results = [w.close() for w in writers]
-    if ckpt is not None:
-        ckpt.close()
     records = [r.to_json() for r in results]
     write_file_atomic(out_p, _journal(out_p, unit).name,
                       json.dumps({"fingerprint": unit.fingerprint(), "files": records}).encode())
@@ -156,58 +163,128 @@ def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None
     return records
 
 
-class _PartSink:
-    """Writes each tensor's rank parts to the rank writers in a background thread, so the next tensor's
-    chain runs while this one is written and hashed (os.write and the hashes release the GIL). The queue holds
-    up to DEPTH tensors' parts (with the one being written and the one being made, DEPTH + 2 alive), so the
-    convert thread keeps working through a write stalled by page-cache writeback. DEPTH 3 vs 1, gpt-oss-20b
-    aiter/mi355x tp4 on the 2-core VM: 35.5 / 36.3 s vs 38.0 / 41.5 / 49.6 s, peak RSS 1.20 GB both.
+def _write_parts(writers: list[PartWriter], name: str, parts: list) -> None:
+    for w, part in zip(writers, parts):
+        w.write(name, part)
+        _maybe_kill("tensor")
 
-    `put(name, parts, nbytes)` blocks while the queue is full and re-raises a writer error (disk full ...);
-    `finish()` waits for every write. Leaving the `with` block by an exception stops the thread first."""
 
-    DEPTH = 3
+class _Worker:
+    """A daemon thread running `self._run()`; `_error` carries its exception to the owner, `_stop` asks it to
+    end early. Subclasses provide `_run` and their own queue."""
 
-    def __init__(self, writers: list[PartWriter], on_bytes=None) -> None:
-        self._writers, self._on_bytes = writers, on_bytes
-        self._q: queue.Queue = queue.Queue(maxsize=self.DEPTH)
+    def __init__(self) -> None:
         self._error: BaseException | None = None
         self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._guarded, daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        while True:
-            job = self._q.get()
-            if job is None:
-                return
-            if self._error is not None or self._stop:
-                continue
-            name, parts, nbytes = job
-            try:
-                for w, part in zip(self._writers, parts):
-                    w.write(name, part)
-                    _maybe_kill("tensor")
-                if self._on_bytes:
-                    self._on_bytes(nbytes)
-            except BaseException as exc:
-                self._error = exc
-            del job, parts
+    def _guarded(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self._error = exc
 
     def _raise(self) -> None:
         if self._error is not None:
             raise self._error
 
-    def put(self, name: str, parts: list, nbytes: int) -> None:
-        self._raise()
+    @staticmethod
+    def _put(q: queue.Queue, item, alive) -> None:
+        """q.put that gives up (RuntimeError) if the other side has gone (`alive()` False)."""
         while True:
             try:
-                self._q.put((name, parts, nbytes), timeout=0.2)
+                q.put(item, timeout=0.2)
                 return
             except queue.Full:
+                if not alive():
+                    raise RuntimeError("convert worker thread ended") from None
+
+
+class _CanonicalReader(_Worker):
+    """Reads each item's canonical tensor (`read_canonical_pread`, checked by `check_scale_values`) in a thread,
+    one item ahead of the caller, asking the OS to read ahead the item after that (`prefetch_canonical`).
+    `next()` returns them in order and re-raises the reader's error. The thread has its own BufferPool."""
+
+    def __init__(self, root: str, items, on_read=None) -> None:
+        self._ckpt = Checkpoint.open(root)
+        self._items, self._on_read = items, on_read
+        self._q: queue.Queue = queue.Queue(maxsize=1)
+        super().__init__()
+
+    def _run(self) -> None:
+        try:
+            with BufferPool():
+                for i, item in enumerate(self._items):
+                    if self._stop:
+                        return
+                    if i + 1 < len(self._items):   # the disk reads the next tensor while this one is worked on
+                        prefetch_canonical(self._ckpt, self._items[i + 1].canonical)
+                    canonical = read_canonical_pread(self._ckpt, item.canonical, self._on_read)
+                    self._ckpt.close()     # unmap what a piece read through safe_open touched (bounded RSS)
+                    check_scale_values(self._ckpt, item.canonical, canonical)
+                    self._put(self._q, canonical, lambda: not self._stop)
+                    del canonical
+        finally:
+            self._ckpt.close()
+
+    def next(self) -> torch.Tensor:
+        while True:
+            try:
+                return self._q.get(timeout=0.2)
+            except queue.Empty:
                 self._raise()
-                if not self._thread.is_alive():   # pragma: no cover - the thread only ends on None
-                    raise RuntimeError("part writer thread ended")
+                if not self._thread.is_alive():
+                    self._raise()
+                    raise RuntimeError("canonical reader thread ended early")
+
+    def __enter__(self) -> "_CanonicalReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop = True
+        while self._thread.is_alive():
+            try:                    # unblock a reader waiting to hand over a tensor
+                self._q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+class _PartSink(_Worker):
+    """Runs write jobs (`submit(fn, *args, nbytes=0)`) in order in a background thread, so reading and the next
+    tensor's chain go on while this one is written and hashed (the writes and hashes release the GIL). The
+    queue holds up to DEPTH jobs, so the convert thread keeps working through a stalled write. DEPTH 3 vs 1,
+    gpt-oss-20b aiter/mi355x tp4 on the 2-core VM (page-cache writes then): 35.5 / 36.3 s vs 38.0 / 41.5 /
+    49.6 s, peak RSS 1.20 GB both.
+
+    `submit` blocks while the queue is full and re-raises a job's error (disk full ...); after an error the
+    remaining jobs are dropped. `finish()` waits for every job. Leaving the `with` block by an exception
+    stops the thread first. `on_bytes(n)` is called after a job submitted with nbytes=n (progress)."""
+
+    DEPTH = 3
+
+    def __init__(self, on_bytes=None) -> None:
+        self._on_bytes = on_bytes
+        self._q: queue.Queue = queue.Queue(maxsize=self.DEPTH)
+        super().__init__()
+
+    def _run(self) -> None:
+        while (job := self._q.get()) is not None:
+            if self._error is not None or self._stop:
+                continue
+            fn, args, nbytes = job
+            try:
+                fn(*args)
+                if nbytes and self._on_bytes:
+                    self._on_bytes(nbytes)
+            except BaseException as exc:
+                self._error = exc
+            del job, args
+
+    def submit(self, fn, *args, nbytes: int = 0) -> None:
+        self._raise()
+        self._put(self._q, (fn, args, nbytes), lambda: self._raise() or self._thread.is_alive())
 
     def finish(self) -> None:
         self._q.put(None)

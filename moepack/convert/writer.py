@@ -384,7 +384,7 @@ class PartWriter:
     def _append(self, buf) -> None:
         if self._open is None:
             raise RuntimeError(f"part {self.name}: append() outside begin() / end()")
-        buf = memoryview(buf).cast("B")
+        buf = tensor_bytes(buf) if isinstance(buf, torch.Tensor) else memoryview(buf).cast("B")
         for i in range(0, len(buf), CHUNK):
             chunk = buf[i:i + CHUNK]
             self._open[1].update(chunk)
@@ -426,6 +426,7 @@ class PartWriter:
         self._guard(lambda: self._begin(self._expect(name, None, None)))
 
     def append(self, buf) -> None:
+        """More bytes of the tensor begun (bytes-like, or a CPU tensor's raw bytes)."""
         self._guard(self._append, buf)
 
     def end(self) -> None:

@@ -171,9 +171,10 @@ def _poison(value: float):
 @pytest.mark.parametrize("name, scale, edit", [
     ("deepseek-v3", "model.layers.1.mlp.experts.3.down_proj.weight_scale_inv", _poison(float("nan"))),
     ("deepseek-v3", "model.layers.2.mlp.experts.0.gate_proj.weight_scale_inv", _poison(float("inf"))),
+    ("deepseek-v3", "model.layers.1.mlp.experts.1.up_proj.weight_scale_inv", _poison(float("-inf"))),
     ("nemotron-h", None, _poison(float("nan"))),       # ModelOpt per-tensor FP8 scale
     ("gpt-oss", f"{GPT_X}.down_proj_scales", _poison(255)),  # e8m0 code 255 is NaN
-], ids=["fp8-block-nan", "fp8-block-inf", "fp8-tensor-nan", "e8m0-nan"])
+], ids=["fp8-block-nan", "fp8-block-inf", "fp8-block-neg-inf", "fp8-tensor-nan", "e8m0-nan"])
 def test_nan_or_inf_scale_is_refused_by_convert_naming_the_tensor(cli, src_copy, tmp_path, name, scale, edit):
     src = src_copy(name)
     if scale is None:            # the first expert weight scale of the ModelOpt checkpoint
