@@ -29,7 +29,7 @@ import os
 import numpy as np
 import torch
 
-STAGING_BYTES = 16 << 20     # staging buffer; multiple of every block size tried
+STAGING_BYTES = 4 << 20      # staging buffer per open file (one per rank part); multiple of every block tried
 ZERO_COPY_MIN = 1 << 18      # smaller buffers are cheaper to copy than to give their own syscall
 _BLOCKS = (512, 4096)        # offset/length alignments tried, smallest first
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
