@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -448,6 +449,18 @@ class _Progress:
             self.bar.close()
 
 
+def _check_free_space(out: Path, nbytes: int) -> None:
+    """Refuse up front (EnvironmentError_, exit 4) when OUT's file system has less free space than the tensor
+    bytes still to write, instead of failing with "disk full" part way through."""
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError:
+        return                  # cannot tell: the writes report a full disk if it happens
+    if nbytes > free:
+        raise EnvironmentError_(f"not enough space in {out}: this convert writes {nbytes / 1e9:.2f} GB, "
+                                f"{free / 1e9:.2f} GB are free")
+
+
 def _in_process(workers: int, todo: list[Unit]) -> bool:
     return workers <= 1 or len(todo) <= 1
 
@@ -527,6 +540,7 @@ def convert(src, out, backend: str, hardware: str, tp: int = 1, ep: int = 1, wor
                 todo.append(u)
             else:
                 done.update({r["name"]: r for r in recs})
+        _check_free_space(out, sum(u.nbytes for u in todo))
         if _in_process(workers, todo):   # hashes the bytes the units read (one read of the source)
             hasher = SourceHasher(ckpt)
             on_read = hasher.feed

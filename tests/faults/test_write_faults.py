@@ -82,13 +82,38 @@ def test_disk_full_during_a_part_stops_with_exit_4_naming_the_file(cli, example_
     assert leftovers(out) == [], "a failed part left its temp file"
 
 
-def test_real_tiny_tmpfs_filling_up_stops_with_exit_4(cli, example_ckpt, tmp_path):
+def test_too_little_free_space_is_refused_before_writing(cli, example_ckpt, tmp_path, monkeypatch):
+    import shutil as _shutil
+
+    import moepack.convert.run as run
+
+    real = _shutil.disk_usage
+    monkeypatch.setattr(run.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    out = tmp_path / "out"
+    line = assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), out)), ENVIRONMENT, "not enough space",
+                          str(out), "GB are free")
+    assert "1e-06" not in line and "0.00 GB are free" in line, line
+    assert_nothing_accepted(out)
+    assert not [p for p in out.iterdir() if p.suffix == ".safetensors"], "a part was written anyway"
+    monkeypatch.undo()
+    assert cli(*convert_args(example_ckpt("gpt-oss"), out, "--resume")).code == 0
+
+
+def test_real_tiny_tmpfs_filling_up_stops_with_exit_4(cli, example_ckpt, tmp_path, monkeypatch):
+    """A real small file system: refused up front by the free-space check; with that check disabled, the
+    writes themselves hit ENOSPC and convert still stops cleanly."""
+    import moepack.convert.run as run
+
     mnt = tmp_path / "small-disk"
     if not can_mount_tmpfs(mnt, "size=128k"):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         out = mnt / "out"
-        assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), out)), ENVIRONMENT, "disk full", str(out))
+        assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), out)), ENVIRONMENT, "not enough space", str(out))
+        assert_nothing_accepted(out)
+        monkeypatch.setattr(run, "_check_free_space", lambda out, nbytes: None)
+        assert_refused(cli(*convert_args(example_ckpt("gpt-oss"), out, "--overwrite")), ENVIRONMENT, "disk full",
+                       str(out))
         assert_nothing_accepted(out)
     finally:
         umount(mnt)
