@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
 from pathlib import Path
 
+from ..convert.fastpath import BufferPool
 from ..convert.manifest import Manifest
 from ..errors import BadInputError
 from .checks import StoredTensor, check_files, check_hashes, check_tensor_headers, read_headers, stored_tensors
@@ -65,13 +66,19 @@ def verify(out, source=None, level: str = "full", progress: bool = True, tokens:
     readable = _readable_parts(sized, tensors, report.rows)
     # One manifest entry (all ranks of one layer/role) per task; torch copies and reads release the GIL,
     # so two entries in flight keep both cores busy. Rows keep manifest order.
-    with ThreadPoolExecutor(max_workers=ENTRY_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=ENTRY_THREADS, initializer=_thread_buffer_pool) as pool:
         for rows in pool.map(lambda e: check_entry(e, readable, ckpt), manifest["experts"]):
             report.extend(rows)
     if level == "numeric":
         for layer, entries in _layers(manifest).items():
             report.extend([check_layer(manifest.data, layer, entries, readable, ckpt, tokens, seed)])
     return report
+
+
+def _thread_buffer_pool() -> None:
+    """Entry threads reuse their large buffers (inverted and re-applied tensors) instead of faulting in
+    fresh, zeroed pages for every entry: a BufferPool active for the thread's life (dropped with it)."""
+    BufferPool().__enter__()
 
 
 def _open_source(source):

@@ -30,14 +30,25 @@ def first_difference(got: torch.Tensor, want: torch.Tensor) -> str | None:
         return f"dtype {got.dtype}, expected {want.dtype}"
     if tuple(got.shape) != tuple(want.shape):
         return f"shape {list(got.shape)}, expected {list(want.shape)}"
-    a, b = as_bits(got), as_bits(want)
-    if torch.equal(a, b):      # the common case, without a [numel] bool mask (15 GB of them in a full verify)
+    if _same_bytes(got, want):  # the common case, without a [numel] bool mask (15 GB of them in a full verify)
         return None
+    a, b = as_bits(got), as_bits(want)
     ne = a != b
     count = int(ne.sum())
     flat, idx = first_true(ne)
     g, w = got.reshape(-1)[flat], want.reshape(-1)[flat]
     return f"{count} of {got.numel()} elements differ; first at {idx}: {show_value(g)}, expected {show_value(w)}"
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when two tensors of one shape and dtype hold the same bytes. Compared as int64 words where the
+    layout allows (torch.equal on CPU steps element by element: 8x fewer steps than bytes), else as
+    same-width integers."""
+    a, b = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
+    nbytes = a.numel() * a.element_size()
+    if nbytes and nbytes % 8 == 0 and a.data_ptr() % 8 == 0 and b.data_ptr() % 8 == 0:
+        return torch.equal(a.view(torch.uint8).view(torch.int64), b.view(torch.uint8).view(torch.int64))
+    return torch.equal(as_bits(a), as_bits(b))
 
 
 def first_true(mask: torch.Tensor) -> tuple[int, list[int]]:

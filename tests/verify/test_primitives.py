@@ -124,6 +124,19 @@ def test_first_difference_compares_bits_and_names_the_index():
     assert "shape" in first_difference(a.reshape(6, 4), a)
 
 
+@pytest.mark.parametrize("nbytes, offset", [(64, 0), (64, 1), (61, 0), (8, 3), (1, 0), (4096 + 8, 5)])
+def test_first_difference_sees_every_byte_whatever_the_alignment(nbytes, offset):
+    """The word-wise fast path (int64 where size and addresses allow) and the fallback agree with a
+    byte-by-byte reference: a single flipped byte anywhere is found, including unaligned views."""
+    base = torch.randint(0, 256, (nbytes + 8,), dtype=torch.uint8, generator=torch.Generator().manual_seed(nbytes))
+    a = base[offset:offset + nbytes]
+    for pos in sorted({0, nbytes // 2, nbytes - 1}):
+        b = a.clone()
+        b[pos] ^= 0x10
+        assert first_difference(a, b) == f"1 of {nbytes} elements differ; first at [{pos}]: {int(a[pos])}, expected {int(b[pos])}"
+    assert first_difference(a, a.clone()) is None
+
+
 def test_report_verdict_json_and_rendering():
     r = Report(out="o", level="full")
     r.add("t.w", "tensor-hash", OK, "abc", rank=0)
