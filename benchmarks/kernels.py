@@ -168,8 +168,10 @@ def sweep_candidates(quant: str, M: int) -> list[tuple[tuple, list]]:
     sw = lambda *gs: [G(*g, swap_ab=True) for g in gs]  # noqa: E731
     if quant == "mxfp4":
         if M <= 8:
-            return [((M == 1, 16, False), [G(64, 256, 4, 3), G(32, 256, 4, 3), G(128, 128, 4, 3)]
-                     + sw((64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 4, 3), (128, 256, 4, 3), (128, 128, 8, 3)))]
+            gs = [G(64, 256, 4, 3), G(32, 256, 4, 3), G(128, 128, 4, 3)] + sw(
+                (64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 4, 3), (128, 256, 4, 3), (128, 128, 8, 3))
+            # per pair (no sort): M = 1 always; M <= 8 also tried, since each of its few experts is hit ~once
+            return [((True, 16, False), gs)] + ([((False, 16, False), gs)] if M > 1 else [])
         if M <= 256:
             gs = [G(128, 128, 4, 3), G(64, 128, 4, 3)] + sw((64, 128, 4, 3), (128, 128, 4, 3), (128, 256, 4, 3),
                                                             (128, 128, 8, 3), (256, 128, 8, 3))
@@ -178,14 +180,15 @@ def sweep_candidates(quant: str, M: int) -> list[tuple[tuple, list]]:
                                                         (128, 128, 8, 3), (256, 128, 8, 3))
         bm = 64 if M <= 1024 else 128
         return [((False, bm, False), gs), ((False, 2 * bm, False), sw((128, 64, 8, 3), (256, 64, 8, 3)))]
+    pair = ((True, 16, False), [G(32, 128, 4, 4), G(64, 128, 4, 4), G(128, 128, 4, 4)]
+            + sw((64, 128, 4, 4), (64, 128, 4, 3), (128, 128, 4, 4)))
     if M == 1:
-        return [((True, 16, False), [G(32, 128, 4, 4), G(64, 128, 4, 4), G(128, 128, 4, 4)]
-                 + sw((64, 128, 4, 4), (64, 128, 4, 3), (128, 128, 4, 4)))]
+        return [pair]
     if M <= 256:
         wg = [G(64, 128, 4, 3), G(128, 128, 4, 3)]
         swg = sw((64, 128, 4, 4), (128, 128, 4, 3), (128, 128, 8, 3))
         return [((False, 16, False), [G(64, 128, 4, 4), G(128, 128, 4, 3)] + swg),
-                ((False, 16, True), swg), ((False, 64, True), wg + swg)]
+                ((False, 16, True), swg), ((False, 64, True), wg + swg)] + ([pair] if M <= 8 else [])
     gs = [G(128, 128, 4, 3), G(256, 128, 8, 3)] + sw((128, 128, 4, 3), (256, 128, 8, 3), (128, 128, 8, 3))
     return [((False, 64, True), gs), ((False, 128, True), sw((128, 128, 8, 3), (256, 128, 8, 3)))]
 

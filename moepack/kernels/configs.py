@@ -6,9 +6,12 @@ triton 3.6, 2026-11-23; see docs/KERNEL_NOTES.md, version 6: swap-AB tiles added
 nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
-- per_pair: decode path. Each (token, slot) pair is its own block of BLOCK_M rows of which one is used;
-  no routing sort at all (the weights of an expert picked twice are read twice, which only matters once
-  pairs outnumber the experts).
+- per_pair: decode path (taken for M <= 8 where the table says so). Each (token, slot) pair is its own block
+  of BLOCK_M rows of which one is used; no routing sort and no activation quantization pass (the weights of
+  an expert picked twice are read twice, which only matters once pairs outnumber the experts). At M = 8
+  (third-session sweep, benchmarks/kernels-sweep-h100-2026-11-23-m8.json) it wins for DeepSeek-V3 TP8
+  (64 pairs over 256 experts: 134 vs 160 us), ties for gpt-oss (260 vs 262 us) and loses for TP1 (969 vs
+  853 us), where the weights dominate and the sorted path's wider tiles win.
 - block_m: rows per program (the sort pads each expert's run to it; 64 and up lets Triton use wgmma);
   bn/bk: output columns / K per step of each GEMM (gemm1 over stored w13 rows, gate and up interleaved;
   gemm2 over w2 rows). FP8 always steps K by 128 (one scale block).
@@ -65,7 +68,7 @@ TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
     },
     ("fp8_block", 7168, 256): {                   # DeepSeek-V3 TP8 rank, E=256, top-8
         1: (True, 16, False, G(32, 128, 4, 4), G(64, 128, 4, 4, True)),
-        8: (False, 16, True, G(128, 128, 8, 3, True), G(128, 128, 8, 3, True)),
+        8: (True, 16, False, G(64, 128, 4, 3, True), G(64, 128, 4, 3, True)),   # per pair: 134 vs 160 us
         64: (False, 16, True, G(128, 128, 4, 3, True), G(128, 128, 8, 3, True)),
         256: (False, 16, True, G(128, 128, 4, 3, True), G(128, 128, 8, 3, True)),
         1024: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
@@ -95,7 +98,7 @@ def _table(quant: str, H: int, Ip: int) -> dict[int, tuple]:
 
 def pick(quant: str, M: int, E: int, topk: int, H: int, Ip: int) -> MoEConfig:
     per_pair, block_m, prequant, g1, g2 = _table(quant, H, Ip)[_bucket(M)]
-    return MoEConfig(per_pair=per_pair and M * topk <= 16, block_m=block_m, gemm1=g1, gemm2=g2,
+    return MoEConfig(per_pair=per_pair and M <= 8, block_m=block_m, gemm1=g1, gemm2=g2,
                      prequant=prequant and quant == "fp8_block")
 
 
