@@ -2,7 +2,8 @@
 
 `pick(quant, M, E, topk, H, Ip)` -> `MoEConfig`. `TUNED` holds, per benchmark shape (quant, H, Ip), the
 winner of `python benchmarks/kernels.py --sweep` at each M bucket, measured on an H100 (torch 2.11,
-triton 3.6, 2026-11-23; see docs/KERNEL_NOTES.md, version 6: swap-AB tiles added). Any other shape uses the table of the
+triton 3.6, 2026-11-23; see docs/KERNEL_NOTES.md, version 6: swap-AB tiles added; version 8: per pair at
+M <= 8 and deeper pipelines for FP8 at M = 8..1024, benchmarks/kernels-sweep-h100-2026-11-23-fp8.json). Any other shape uses the table of the
 nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
@@ -68,19 +69,19 @@ TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
     },
     ("fp8_block", 7168, 256): {                   # DeepSeek-V3 TP8 rank, E=256, top-8
         1: (True, 16, False, G(32, 128, 4, 4), G(64, 128, 4, 4, True)),
-        8: (True, 16, False, G(64, 128, 4, 3, True), G(64, 128, 4, 3, True)),   # per pair: 134 vs 160 us
-        64: (False, 16, True, G(128, 128, 4, 3, True), G(128, 128, 8, 3, True)),
-        256: (False, 16, True, G(128, 128, 4, 3, True), G(128, 128, 8, 3, True)),
-        1024: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        8: (True, 16, False, G(64, 128, 4, 4, True), G(64, 128, 4, 3, True)),   # per pair: 131 vs 161 us
+        64: (False, 16, True, G(64, 128, 4, 5, True), G(128, 128, 8, 3, True)),
+        256: (False, 16, True, G(64, 128, 4, 5, True), G(128, 128, 8, 3, True)),
+        1024: (False, 64, True, G(128, 128, 4, 4), G(128, 128, 4, 3)),
         4096: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
         16384: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
     },
     ("fp8_block", 7168, 2048): {                  # DeepSeek-V3 TP1, E=256, top-8
         1: (True, 16, False, G(64, 128, 4, 3, True), G(64, 128, 4, 4, True)),
-        8: (False, 16, True, G(64, 128, 4, 4, True), G(64, 128, 4, 4, True)),
-        64: (False, 16, True, G(128, 128, 4, 3, True), G(128, 128, 4, 3, True)),
-        256: (False, 16, True, G(128, 128, 4, 3, True), G(128, 128, 4, 3, True)),
-        1024: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        8: (False, 16, True, G(64, 128, 4, 5, True), G(64, 128, 4, 5, True)),
+        64: (False, 16, True, G(64, 128, 4, 5, True), G(128, 128, 4, 5, True)),
+        256: (False, 16, True, G(64, 128, 4, 5, True), G(128, 128, 4, 5, True)),
+        1024: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 4)),
         4096: (False, 64, True, G(256, 128, 8, 3), G(128, 128, 4, 3)),
         16384: (False, 64, True, G(256, 128, 8, 3), G(128, 128, 4, 3)),
     },
