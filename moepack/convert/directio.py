@@ -35,6 +35,11 @@ _BLOCKS = (512, 4096)        # offset/length alignments tried, smallest first
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
+def create_exclusive(path, flags: int = 0) -> int:
+    """Create `path` for writing (fails if it exists; never follows a symlink), with extra open `flags`."""
+    return os.open(path, _CREATE | flags, 0o644)
+
+
 def address_of(buf: memoryview) -> int:
     """The memory address of a contiguous buffer's first byte."""
     return np.frombuffer(buf, dtype=np.uint8).ctypes.data if len(buf) else 0
@@ -79,11 +84,11 @@ class DirectFile:
         """Create `path` (must not exist; never follows a symlink) and wrap it."""
         if direct and hasattr(os, "O_DIRECT"):
             try:
-                return cls(os.open(path, _CREATE | os.O_DIRECT, 0o644), True)
+                return cls(create_exclusive(path, os.O_DIRECT), True)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
-        return cls(os.open(path, _CREATE, 0o644), False)
+        return cls(create_exclusive(path), False)
 
     # -- setup
     def _probe(self) -> bool:
@@ -110,13 +115,10 @@ class DirectFile:
         return False
 
     def _go_buffered(self) -> None:
-        """Fall back to ordinary writes (staged bytes are written first)."""
+        """Fall back to ordinary writes (at open, when the probe found no alignment: nothing is staged yet)."""
         import fcntl
         fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-        if self._fill:
-            _pwrite_all(self.fd, self._stage[:self._fill], self._pos)
-            self._pos += self._fill
-        self.direct, self.block, self.mem_align, self._fill = False, 1, 1, 0
+        self.direct, self.block, self.mem_align = False, 1, 1
         self._stage = self._stage_map = None    # unmapped when the last view of it goes
 
     # -- writing

@@ -77,13 +77,15 @@ class BufferPool:
         self._free.clear()
 
 
-def _pread_into(fd: int, dst: torch.Tensor, offset: int, what: str) -> memoryview:
+def pread_into(fd: int, dst: torch.Tensor, offset: int, what: str, error=FormatError) -> memoryview:
+    """Fill the contiguous CPU tensor `dst` with the file's bytes from `offset` (preadv until full); returns
+    a byte view of `dst`. A file that ends first raises `error(f"{what}: file ends inside the tensor's data")`."""
     view = memoryview(dst.view(-1).view(torch.uint8).numpy()).cast("B")
     pos = 0
     while pos < len(view):
         n = os.preadv(fd, [view[pos:]], offset + pos)
         if n <= 0:
-            raise FormatError(f"{what}: file ends inside the tensor's data")
+            raise error(f"{what}: file ends inside the tensor's data")
         pos += n
     return view
 
@@ -127,7 +129,7 @@ def read_canonical_pread(ckpt: Checkpoint, ct: CanonicalTensor, on_read=None) ->
         fd = os.open(ckpt.root / info.file, os.O_RDONLY)
         try:
             start = info.file_offset
-            view = _pread_into(fd, dst, start, f"{info.file}: tensor {p.name}")
+            view = pread_into(fd, dst, start, f"{info.file}: tensor {p.name}")
         finally:
             os.close(fd)
         if on_read is not None:

@@ -40,7 +40,7 @@ from ..hashing import TENSOR_HASH
 from ..layouts.targets import get_target
 from ..numerics import E8M0_NAN
 from ..source.checkpoint import Checkpoint
-from .fastpath import BufferPool, apply_chain, prefetch_canonical, read_canonical_pread
+from .fastpath import BufferPool, apply_chain, prefetch_canonical, pread_into, read_canonical_pread
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest
 from .provenance import SourceHasher
 from .plan import LAYOUT_VERSION, ConvertPlan, Unit, build_plan
@@ -71,23 +71,18 @@ def _journal(out: Path, unit: Unit) -> Path:
     return out / f"{JOURNAL_PREFIX}{unit.index}.json"
 
 
-def _read_source_chunks(root: Path, file: str, start: int, nbytes: int, pool: BufferPool, on_read=None):
-    """Yield the bytes [start, start + nbytes) of a source file as [<= _READ_CHUNK] uint8 tensors read into
-    pooled, page-aligned buffers (a buffer is reused once nothing holds it); `on_read(file, offset, view)`
-    sees each chunk (source hashing)."""
+def _read_source_chunks(root: Path, file: str, name: str, start: int, nbytes: int, pool: BufferPool,
+                        on_read=None):
+    """Yield the bytes [start, start + nbytes) of tensor `name` in a source file as [<= _READ_CHUNK] uint8
+    tensors read into pooled, page-aligned buffers (a buffer is reused once nothing holds it);
+    `on_read(file, offset, view)` sees each chunk (source hashing)."""
     fd = os.open(root / file, os.O_RDONLY)
     try:
         pos, end = start, start + nbytes
         while pos < end:
             n = min(_READ_CHUNK, end - pos)
             chunk = pool.take((_READ_CHUNK,), torch.uint8)[:n]
-            view = memoryview(chunk.numpy()).cast("B")
-            got = 0
-            while got < n:
-                k = os.preadv(fd, [view[got:]], pos + got)
-                if k <= 0:
-                    raise SourceError(f"{file}: truncated while copying (at byte {pos + got} of {end})")
-                got += k
+            view = pread_into(fd, chunk, pos, f"{file}: tensor {name}", SourceError)
             if on_read is not None:
                 on_read(file, pos, view)
             yield chunk
@@ -139,7 +134,8 @@ def run_unit(root: str, out: str, unit: Unit, device: str = "cpu", on_bytes=None
             w = writers[0]
             for s in unit.shared:
                 sink.submit(w.begin, s.entry.name)
-                for chunk in _read_source_chunks(Path(root), s.file, s.start, s.entry.nbytes, pool, on_read):
+                for chunk in _read_source_chunks(Path(root), s.file, s.entry.name, s.start, s.entry.nbytes, pool,
+                                                 on_read):
                     sink.submit(w.append, chunk, nbytes=len(chunk))
                 sink.submit(w.end)
                 sink.submit(_maybe_kill, "tensor")
@@ -234,7 +230,6 @@ class _CanonicalReader(_Worker):
             try:
                 return self._q.get(timeout=0.2)
             except queue.Empty:
-                self._raise()
                 if not self._thread.is_alive():
                     self._raise()
                     raise RuntimeError("canonical reader thread ended early")
@@ -577,23 +572,17 @@ def convert(src, out, backend: str, hardware: str, tp: int = 1, ep: int = 1, wor
     return data
 
 
-class _Background:
+class _Background(_Worker):
     """Run fn(*args) in a thread (source hashing overlaps the conversion; hashlib releases the GIL)."""
 
     def __init__(self, fn, *args) -> None:
-        self._value = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
-        self._thread.start()
+        self._fn, self._args, self._value = fn, args, None
+        super().__init__()
 
-    def _run(self, fn, args) -> None:
-        try:
-            self._value = fn(*args)
-        except BaseException as exc:
-            self._error = exc
+    def _run(self) -> None:
+        self._value = self._fn(*self._args)
 
     def result(self):
         self._thread.join()
-        if self._error is not None:
-            raise self._error
+        self._raise()
         return self._value

@@ -27,9 +27,9 @@ from typing import Iterable, Sequence
 import torch
 
 from ..errors import BadInputError, EnvironmentError_
-from ..hashing import TENSOR_HASH, tensor_hasher
+from ..hashing import TENSOR_HASH, hash_file, tensor_hasher
 from ..source.header import HeaderError, read_header
-from .directio import DirectFile
+from .directio import DirectFile, create_exclusive
 
 LOCK_NAME = ".moepack.lock"
 TEMP_SUFFIX = ".tmp"
@@ -217,11 +217,6 @@ def remove_temp_files(out: Path) -> list[str]:
     return sorted(removed)
 
 
-def _create_exclusive(path: Path) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    return os.open(path, flags, 0o644)
-
-
 def write_file_atomic(out: Path, name: str, data: bytes) -> None:
     """Write a small file OUT/name atomically: temp name, fsync, rename, fsync OUT."""
     out = Path(out)
@@ -231,7 +226,7 @@ def write_file_atomic(out: Path, name: str, data: bytes) -> None:
     try:
         if tmp.exists() or tmp.is_symlink():
             tmp.unlink()
-        fd = _create_exclusive(tmp)
+        fd = create_exclusive(tmp)
         _write_all(fd, memoryview(data))
         os.fsync(fd)
         os.close(fd)
@@ -282,34 +277,27 @@ def part_digest(header_block: bytes, tensor_hashes: Iterable[str]) -> str:
 
 
 def file_digest(path: Path | str) -> tuple[int, str]:
-    """(size, `part_digest`) of an existing part file, re-hashing each tensor from disk (resume).
-    ValueError if the header is malformed (`moepack.source.header`'s checks) or not one of ours
-    (tensors not back to back from the data start, bytes after the last one)."""
+    """(size, `part_digest`) of an existing part file, re-hashing each tensor from disk (resume) in one read
+    (`moepack.hashing.hash_file`). ValueError if the header is malformed (`moepack.source.header`'s checks)
+    or not one of ours (tensors not back to back from the data start, truncated, bytes after the last one)."""
     try:
         header = read_header(path)
     except HeaderError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    spans = sorted((t.begin, t.end) for t in header.tensors.values())
-    digests, pos = [], header.data_start
-    buf = bytearray(CHUNK)
-    with open(path, "rb", buffering=0) as f:
+    spans = sorted((t.begin, t.end, name) for name, t in header.tensors.items())
+    pos = header.data_start
+    for b, e, _ in spans:
+        if b != pos:
+            raise ValueError(f"{path}: tensor data not back to back")
+        pos = e
+    read = hash_file(path, {name: (b, e) for b, e, name in spans}, whole=False)
+    if len(read.tensors) != len(spans):
+        raise ValueError(f"{path}: truncated")
+    if read.size != pos:
+        raise ValueError(f"{path}: bytes after the last tensor")
+    with open(path, "rb") as f:
         header_block = f.read(header.data_start)
-        for b, e in spans:
-            if b != pos:
-                raise ValueError(f"{path}: tensor data not back to back")
-            h = tensor_hasher()
-            left = e - b
-            while left:
-                got = f.readinto(memoryview(buf)[:min(left, CHUNK)])
-                if not got:
-                    raise ValueError(f"{path}: truncated")
-                h.update(memoryview(buf)[:got])
-                left -= got
-            digests.append(h.hexdigest())
-            pos = e
-        if f.read(1):
-            raise ValueError(f"{path}: bytes after the last tensor")
-    return pos, part_digest(header_block, digests)
+    return pos, part_digest(header_block, (read.tensors[name] for _, _, name in spans))
 
 
 class PartWriter:
@@ -523,7 +511,7 @@ class OutputLock:
         try:
             if tmp.exists():
                 tmp.unlink()
-            fd = _create_exclusive(tmp)
+            fd = create_exclusive(tmp)
             try:
                 _write_all(fd, memoryview(self._token.encode()))
                 os.fsync(fd)

@@ -12,6 +12,7 @@ import xxhash
 from rich.console import Console
 from safetensors.torch import save_file
 
+import moepack.hashing
 from moepack.verify import hashing
 from moepack.source.header import HeaderError, read_header
 from moepack.verify.report import FAIL, OK, SKIP, Report, render_report
@@ -50,7 +51,7 @@ def test_header_offsets_point_at_each_tensors_bytes(tmp_path):
 
 @pytest.mark.parametrize("chunk", [5, 64, 1 << 20])
 def test_streamed_hashes_equal_independent_hashes_of_slices(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(hashing, "CHUNK", chunk)
+    monkeypatch.setattr(moepack.hashing, "CHUNK", chunk)     # where hash_file lives (verify.hashing re-exports it)
     ts = _tensors()
     path = tmp_path / "x.safetensors"
     save_file(ts, str(path))
