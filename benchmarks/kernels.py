@@ -17,6 +17,7 @@ the weight dtype's compute (bf16 for MXFP4 w4a16, FP8 for w8a8), and the relativ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ from peer_bench import PeerLayer, TkLayer, graph_time, load_peer, roofs, tuned_c
 from moepack.formats.model import Activation  # noqa: E402
 from moepack.kernels.configs import GemmConfig, MoEConfig  # noqa: E402
 from moepack.kernels.triton_mxfp4 import small_scales  # noqa: E402
+from moepack.kernels import triton_moe  # noqa: E402
 from moepack.kernels.triton_moe import MoEMeta, fused_moe  # noqa: E402
 from moepack.layouts.transform import Chain  # noqa: E402
 from moepack.layouts.triton import triton_local_steps  # noqa: E402
@@ -180,6 +182,13 @@ def sweep_candidates(quant: str, M: int) -> list[tuple[tuple, list]]:
                                                         (128, 128, 8, 3), (256, 128, 8, 3))
         bm = 64 if M <= 1024 else 128
         return [((False, bm, False), gs), ((False, 2 * bm, False), sw((128, 64, 8, 3), (256, 64, 8, 3)))]
+    return [(opt, gs + [dataclasses.replace(g, tma=True) for g in gs]) for opt, gs in _fp8_candidates(M)]
+
+
+def _fp8_candidates(M: int) -> list[tuple[tuple, list]]:
+    """FP8 tiles before their TMA twins (each also tried with weight tiles through a tensor descriptor)."""
+    G = GemmConfig
+    sw = lambda *gs: [G(*g, swap_ab=True) for g in gs]  # noqa: E731
     pair = ((True, 16, False), [G(32, 128, 4, 4), G(64, 128, 4, 4), G(128, 128, 4, 4)]
             + sw((64, 128, 4, 4), (64, 128, 4, 3), (128, 128, 4, 4)))
     if M == 1:
@@ -190,9 +199,12 @@ def sweep_candidates(quant: str, M: int) -> list[tuple[tuple, list]]:
                  (128, 128, 4, 4), (128, 128, 4, 5), (128, 128, 8, 4), (64, 128, 4, 5), (256, 128, 8, 3))
         return [((False, 16, False), [G(64, 128, 4, 4), G(128, 128, 4, 3)] + swg),
                 ((False, 16, True), swg), ((False, 64, True), wg + swg)] + ([pair] if M <= 8 else [])
-    gs = [G(128, 128, 4, 3), G(256, 128, 8, 3), G(128, 128, 4, 4), G(128, 128, 8, 4)] + sw(
-        (128, 128, 4, 3), (256, 128, 8, 3), (128, 128, 8, 3), (128, 128, 4, 4), (128, 128, 8, 4))
-    return [((False, 64, True), gs), ((False, 128, True), sw((128, 128, 8, 3), (256, 128, 8, 3)))]
+    gs = [G(128, 128, 4, 3), G(256, 128, 8, 3), G(128, 128, 4, 4), G(128, 128, 8, 4), G(128, 128, 4, 2),
+          G(256, 128, 8, 2)] + sw((128, 128, 4, 3), (256, 128, 8, 3), (128, 128, 8, 3), (128, 128, 4, 4),
+                                  (128, 128, 8, 4))
+    # block_m 128 plain: two warpgroups of 64 rows, each one's scale FMAs overlapping the other's wgmma
+    return [((False, 64, True), gs), ((False, 128, True), [G(128, 128, 8, 3), G(128, 128, 8, 4), G(256, 128, 8, 3)]
+                                      + sw((128, 128, 8, 3), (256, 128, 8, 3)))]
 
 
 def _stage_launcher(stored, meta, x, tw, ids, opt, g1, g2):
@@ -316,7 +328,12 @@ def sweep(cases, Ms, out_path, workers):
                 res["best"][f"{case}/{M}"] = dict(layer_us=tbest * 1e6, per_pair=cfg.per_pair, block_m=cfg.block_m,
                                                  prequant=cfg.prequant, gemm1=cfg.gemm1.__dict__,
                                                  gemm2=cfg.gemm2.__dict__, rel_diff_vs_table=diff)
-                print(f"BEST {case} M={M}: {tbest * 1e6:.1f} us {cfg} (rel diff vs table config {diff:.1e})", flush=True)
+                triton_moe.USE_PDL = False
+                t_nopdl = graph_time(lambda: fused_moe(x, tw, ids, st, meta, config=cfg), 10)
+                triton_moe.USE_PDL = None
+                res["best"][f"{case}/{M}"]["layer_us_without_pdl"] = t_nopdl * 1e6
+                print(f"BEST {case} M={M}: {tbest * 1e6:.1f} us {cfg} (rel diff vs table config {diff:.1e}; "
+                      f"without PDL {t_nopdl * 1e6:.1f} us)", flush=True)
             json.dump(res, open(out_path, "w"), indent=1)
         del st
         torch.cuda.empty_cache()

@@ -24,7 +24,10 @@ def max_blocks(num_pairs: int, num_experts: int, block_m: int) -> int:
 
 
 @triton.jit
-def _count_kernel(ids_ptr, counts_ptr, rank_ptr, P, BLOCK: tl.constexpr):
+def _count_kernel(ids_ptr, counts_ptr, rank_ptr, P, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1)
     ok = ids >= 0
@@ -44,7 +47,10 @@ def _padded_layout(counts_ptr, E, BLOCK_M: tl.constexpr, E_POW2: tl.constexpr):
 @triton.jit
 def _place_kernel(ids_ptr, counts_ptr, rank_ptr, sorted_ptr, expert_ids_ptr, num_blocks_ptr,
                   P, E, n_slots, n_blocks_max,
-                  BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, E_POW2: tl.constexpr):
+                  BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     e, c, padded, ends = _padded_layout(counts_ptr, E, BLOCK_M, E_POW2)
     starts = ends - padded
@@ -70,8 +76,9 @@ def _place_kernel(ids_ptr, counts_ptr, rank_ptr, sorted_ptr, expert_ids_ptr, num
     tl.store(expert_ids_ptr + offs, tl.where(b_first < total, b_expert, -1), mask=offs < n_blocks_max)
 
 
-def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
-    """topk_ids [T, k] int32 local ids (-1 = skip) -> (sorted_ids, expert_ids, num_blocks), see module doc."""
+def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, pdl: bool = False):
+    """topk_ids [T, k] int32 local ids (-1 = skip) -> (sorted_ids, expert_ids, num_blocks), see module doc.
+    pdl: launch as programmatic dependents (triton_moe.pdl_enabled)."""
     P = topk_ids.numel()
     dev = topk_ids.device
     nb = max_blocks(P, num_experts, block_m)
@@ -83,8 +90,9 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     expert_ids = torch.empty(nb, dtype=torch.int32, device=dev)
     num_blocks = torch.empty(1, dtype=torch.int32, device=dev)
     BLOCK = 128
-    _count_kernel[(triton.cdiv(P, BLOCK),)](ids, counts, rank, P, BLOCK=BLOCK)
+    _count_kernel[(triton.cdiv(P, BLOCK),)](ids, counts, rank, P, BLOCK=BLOCK, PDL=pdl, launch_pdl=pdl)
     grid = (triton.cdiv(max(P, n_slots, nb), BLOCK),)
     _place_kernel[grid](ids, counts, rank, sorted_ids, expert_ids, num_blocks, P, num_experts, n_slots, nb,
-                        BLOCK=BLOCK, BLOCK_M=block_m, E_POW2=triton.next_power_of_2(num_experts))
+                        BLOCK=BLOCK, BLOCK_M=block_m, E_POW2=triton.next_power_of_2(num_experts), PDL=pdl,
+                        launch_pdl=pdl)
     return sorted_ids, expert_ids, num_blocks

@@ -3,8 +3,9 @@
 `pick(quant, M, E, topk, H, Ip)` -> `MoEConfig`. `TUNED` holds, per benchmark shape (quant, H, Ip), the
 winner of `python benchmarks/kernels.py --sweep` at each M bucket, measured on an H100 (torch 2.11,
 triton 3.6, 2026-11-23; see docs/KERNEL_NOTES.md, version 6: swap-AB tiles added; version 8: per pair at
-M <= 8 and deeper pipelines for FP8 at M = 8..1024, benchmarks/kernels-sweep-h100-2026-11-23-fp8.json). Any other shape uses the table of the
-nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
+M <= 8 and deeper pipelines for FP8 at M = 8..1024, benchmarks/kernels-sweep-h100-2026-11-23-fp8.json;
+version 9: FP8 weight tiles through TMA descriptors, benchmarks/kernels-sweep-h100-2026-11-23-tma{,2}.json).
+Any other shape uses the table of the nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
 - per_pair: decode path (taken for M <= 8 where the table says so). Each (token, slot) pair is its own block
@@ -20,6 +21,9 @@ else TP1) at its own M bucket; M between buckets uses the next larger bucket.
   program.
 - swap_ab (per GEMM): the program computes the transposed tile, weights x tokens, so the weight tile is the
   MMA's left (64-row, register-capable on Hopper) operand and block_m tokens sit on the narrow side.
+- tma (per GEMM, FP8): weight tiles are copied by the Hopper tensor-memory accelerator from a descriptor
+  over w [E * N, K] instead of by per-thread async copies; taken only where block_n divides N (else the
+  pointer loads, same bits).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ class GemmConfig:
     num_warps: int
     num_stages: int
     swap_ab: bool = False      # accumulate [BN, BM] = W @ A.T (weights on the MMA's wide side)
+    tma: bool = False          # FP8: weight tiles through a TMA tensor descriptor (N % block_n == 0)
 
 
 @dataclass(frozen=True)
@@ -68,22 +73,22 @@ TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
         16384: (False, 128, False, G(128, 64, 8, 3, True), G(128, 128, 4, 3, True)),
     },
     ("fp8_block", 7168, 256): {                   # DeepSeek-V3 TP8 rank, E=256, top-8
-        1: (True, 16, False, G(32, 128, 4, 4), G(64, 128, 4, 4, True)),
-        8: (True, 16, False, G(64, 128, 4, 4, True), G(64, 128, 4, 3, True)),   # per pair: 131 vs 161 us
-        64: (False, 16, True, G(64, 128, 4, 5, True), G(128, 128, 8, 3, True)),
-        256: (False, 16, True, G(64, 128, 4, 5, True), G(128, 128, 8, 3, True)),
-        1024: (False, 64, True, G(128, 128, 4, 4), G(128, 128, 4, 3)),
-        4096: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
-        16384: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 3)),
+        1: (True, 16, False, G(64, 128, 4, 4, True, tma=True), G(128, 128, 4, 4, True)),
+        8: (True, 16, False, G(64, 128, 4, 3, True, tma=True), G(64, 128, 4, 3, True, tma=True)),  # per pair
+        64: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(128, 128, 4, 3, True, tma=True)),
+        256: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(256, 128, 8, 3, True)),
+        1024: (False, 64, True, G(128, 128, 4, 3, tma=True), G(128, 128, 4, 3, tma=True)),
+        4096: (False, 64, True, G(128, 128, 4, 4, tma=True), G(128, 128, 4, 3, tma=True)),
+        16384: (False, 64, True, G(256, 128, 8, 3, tma=True), G(128, 128, 4, 3)),
     },
     ("fp8_block", 7168, 2048): {                  # DeepSeek-V3 TP1, E=256, top-8
-        1: (True, 16, False, G(64, 128, 4, 3, True), G(64, 128, 4, 4, True)),
-        8: (False, 16, True, G(64, 128, 4, 5, True), G(64, 128, 4, 5, True)),
-        64: (False, 16, True, G(64, 128, 4, 5, True), G(128, 128, 4, 5, True)),
-        256: (False, 16, True, G(64, 128, 4, 5, True), G(128, 128, 4, 5, True)),
-        1024: (False, 64, True, G(128, 128, 4, 3), G(128, 128, 4, 4)),
-        4096: (False, 64, True, G(256, 128, 8, 3), G(128, 128, 4, 3)),
-        16384: (False, 64, True, G(256, 128, 8, 3), G(128, 128, 4, 3)),
+        1: (True, 16, False, G(64, 128, 4, 4, True, tma=True), G(128, 128, 4, 4, True, tma=True)),
+        8: (False, 16, True, G(128, 128, 4, 5, True, tma=True), G(128, 128, 4, 5, True, tma=True)),
+        64: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(64, 128, 4, 5, True, tma=True)),
+        256: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(128, 128, 4, 5, True)),
+        1024: (False, 64, True, G(128, 128, 4, 3, tma=True), G(128, 128, 4, 4, True, tma=True)),
+        4096: (False, 64, True, G(128, 128, 4, 4, tma=True), G(128, 128, 4, 4, tma=True)),
+        16384: (False, 64, True, G(256, 128, 8, 3, tma=True), G(128, 128, 4, 3, tma=True)),
     },
 }
 
@@ -105,13 +110,13 @@ def pick(quant: str, M: int, E: int, topk: int, H: int, Ip: int) -> MoEConfig:
 
 def shipped_configs(quant: str) -> list[MoEConfig]:
     """The tuned configs of `quant`'s family that differ in what correctness can depend on (routing path,
-    block_m, prequant, block_k and swap_ab of each GEMM): one representative each, for tests that run them all."""
+    block_m, prequant, block_k, swap_ab and tma of each GEMM): one representative each, for tests that run them all."""
     fam = "mxfp4" if quant == "mxfp4" else "fp8_block"
     seen: dict[tuple, MoEConfig] = {}
     for (q, _, _), table in TUNED.items():
         if q != fam:
             continue
         for per_pair, block_m, prequant, g1, g2 in table.values():
-            key = (per_pair, block_m, prequant, g1.block_k, g2.block_k, g1.swap_ab, g2.swap_ab)
+            key = (per_pair, block_m, prequant, g1.block_k, g2.block_k, g1.swap_ab, g2.swap_ab, g1.tma, g2.tma)
             seen.setdefault(key, MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2, prequant=prequant))
     return list(seen.values())

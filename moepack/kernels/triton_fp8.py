@@ -41,8 +41,19 @@ def _quant_rows(a, SOFT_RNE: tl.constexpr):
 
 
 @triton.jit
+def weight_tile(w_base, mask_n, offs_k, mk, w_desc, w_row0, k0, TMA: tl.constexpr):
+    """[BN, BK] float8e4nv weight tile: pointer loads from w_base [BN] row pointers, or (TMA) one tensor-
+    descriptor copy of rows w_row0 .. w_row0 + BN of the [E * N, K] view (out-of-range K reads zeros)."""
+    if TMA:
+        return w_desc.load([w_row0, k0])
+    else:
+        return tl.load(w_base + offs_k[None, :], mask=mask_n[:, None] & mk[None, :], other=0.0)
+
+
+@triton.jit
 def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws_rows, stride_wsk, offs_n, mask_n, k0, K,
-                   BK: tl.constexpr, SOFT_RNE: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr):
+                   w_desc, w_row0, BK: tl.constexpr, SOFT_RNE: tl.constexpr, PREQ: tl.constexpr,
+                   SWAP: tl.constexpr, TMA: tl.constexpr):
     """acc [BM, BN] += dequant(quant(A[:, k0:k0+128])) @ dequant(W[offs_n, k0:k0+128]).T; with SWAP
     acc is [BN, BM] and gets the transpose (W @ A.T: weights on the MMA's 64-row side, tokens on N).
 
@@ -50,7 +61,7 @@ def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws_rows, stride_wsk, 
     offs_k = k0 + tl.arange(0, BK)
     mk = offs_k < K
     a = tl.load(a_base + offs_k[None, :], mask=a_mask_m & mk[None, :], other=0.0)
-    w = tl.load(w_base + offs_k[None, :], mask=mask_n[:, None] & mk[None, :], other=0.0)
+    w = weight_tile(w_base, mask_n, offs_k, mk, w_desc, w_row0, k0, TMA)
     ws = tl.load(ws_rows + (k0 // 128) * stride_wsk, mask=mask_n, other=0.0)
     if PREQ:
         qa = a
@@ -65,14 +76,14 @@ def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws_rows, stride_wsk, 
 
 
 @triton.jit
-def fp8_tensor_step(acc, a_base, a_mask_m, w_base, inv_in_scale, offs_n, mask_n, k0, K, BK: tl.constexpr,
-                    SOFT_RNE: tl.constexpr, SWAP: tl.constexpr):
+def fp8_tensor_step(acc, a_base, a_mask_m, w_base, inv_in_scale, offs_n, mask_n, k0, K, w_desc, w_row0,
+                    BK: tl.constexpr, SOFT_RNE: tl.constexpr, SWAP: tl.constexpr, TMA: tl.constexpr):
     """acc [BM, BN] += quant(A[:, k0:k0+BK] / s_in) @ W[offs_n, k0:k0+BK].T (scalars applied by the caller);
     with SWAP acc is [BN, BM] and gets the transpose."""
     offs_k = k0 + tl.arange(0, BK)
     mk = offs_k < K
     a = tl.load(a_base + offs_k[None, :], mask=a_mask_m & mk[None, :], other=0.0)
-    w = tl.load(w_base + offs_k[None, :], mask=mask_n[:, None] & mk[None, :], other=0.0)
+    w = weight_tile(w_base, mask_n, offs_k, mk, w_desc, w_row0, k0, TMA)
     qa = to_e4m3(tl.minimum(tl.maximum(a.to(tl.float32) * inv_in_scale, -FP8_MAX), FP8_MAX), SOFT_RNE)
     if SWAP:
         acc = tl.dot(w, tl.trans(qa), acc)
@@ -82,8 +93,12 @@ def fp8_tensor_step(acc, a_base, a_mask_m, w_base, inv_in_scale, offs_n, mask_n,
 
 
 @triton.jit
-def _quant_groups_kernel(X, Q, S, R, K, stride_x, n_groups, BR: tl.constexpr, SOFT_RNE: tl.constexpr):
+def _quant_groups_kernel(X, Q, S, R, K, stride_x, n_groups, BR: tl.constexpr, SOFT_RNE: tl.constexpr,
+                         PDL: tl.constexpr):
     """BR rows x one 128-group: Q[r, g*128:(g+1)*128] = e4m3(x / s), S[r, g] = s."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     g = tl.program_id(1)
     offs = g * 128 + tl.arange(0, 128)
@@ -96,10 +111,10 @@ def _quant_groups_kernel(X, Q, S, R, K, stride_x, n_groups, BR: tl.constexpr, SO
     tl.store(S + r64 * n_groups + g, s, mask=mr)
 
 
-def quantize_groups(x, soft_rne: bool = False):
+def quantize_groups(x, soft_rne: bool = False, pdl: bool = False):
     """x [R, K] float -> (q [R, K] float8_e4m3fn, s [R, ceil(K/128)] float32): per-row 128-groups, one pass
     (16 rows x 128 columns per program). Used before the GEMMs at large M, where quantizing inside every
-    N-tile program costs more than it saves."""
+    N-tile program costs more than it saves. pdl: launch as a programmatic dependent (triton_moe.pdl_enabled)."""
     import torch
     R, K = x.shape
     ng = -(-K // 128)
@@ -107,5 +122,6 @@ def quantize_groups(x, soft_rne: bool = False):
     s = torch.empty(R, ng, dtype=torch.float32, device=x.device)
     if R:
         BR = 16
-        _quant_groups_kernel[(triton.cdiv(R, BR), ng)](x, q, s, R, K, x.stride(0), ng, BR=BR, SOFT_RNE=soft_rne)
+        _quant_groups_kernel[(triton.cdiv(R, BR), ng)](x, q, s, R, K, x.stride(0), ng, BR=BR, SOFT_RNE=soft_rne,
+                                                        PDL=pdl, launch_pdl=pdl)
     return q, s

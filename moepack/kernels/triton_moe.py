@@ -24,6 +24,12 @@ from .triton_fp8 import fp8_block_step, fp8_tensor_step, quantize_groups
 from .triton_mxfp4 import mxfp4_step
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Programmatic dependent launch (Hopper and later): each launch of the layer may start while the previous
+# one drains, and waits for it inside the kernel (griddepcontrol). None = on where the GPU supports it and
+# M <= PDL_MAX_M (the H100 sweeps measured 2-20 us gained at M = 1..1024, nothing at prefill sizes);
+# benchmarks and tests set True/False to force it.
+USE_PDL: bool | None = None
+PDL_MAX_M = 1024
 FMT = {"mxfp4": 0, "fp8_block": 1, "fp8_tensor": 2}
 ACT = {"swiglu_oai": 0, "silu": 1, "relu2": 2}
 
@@ -62,14 +68,15 @@ def _activate(acc, ACT_KIND: tl.constexpr, GATED: tl.constexpr, alpha, limit, HA
 
 @triton.jit
 def _moe_gemm(
-    A, stride_am, AS, stride_asm, W, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+    A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
     BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, TOPK_W,
     SORTED, EXPERT_IDS, NUM_BLOCKS, TOPK_IDS,
     P, N, K, n_scale_blocks, alpha, limit,
     TOPK: tl.constexpr, FMT: tl.constexpr, STAGE: tl.constexpr, ACT_KIND: tl.constexpr, GATED: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LIMIT: tl.constexpr, PER_PAIR: tl.constexpr, CH: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SOFT_RNE: tl.constexpr,
-    BF16_ASM: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr, FOLD: tl.constexpr,
+    BF16_ASM: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr, FOLD: tl.constexpr, TMA: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One [BM, BN] output tile of one GEMM stage for one expert block.
 
@@ -79,7 +86,13 @@ def _moe_gemm(
     (weight scale gate/only, weight scale up, input scale, 1 / input scale).
     SWAP (swap-AB): the K loop accumulates the transposed tile [BN, BM] = W @ A.T, so the weight tile is
     the MMA's left operand (64-row wgmma side, and for MXFP4 taken from registers right after the
-    decode) and the tokens its narrow side; one transpose before the epilogue."""
+    decode) and the tokens its narrow side; one transpose before the epilogue.
+    TMA (FP8): weight tiles through W_DESC, a tensor descriptor over W viewed [E * N, K] (N % BN == 0).
+    PDL: launched as a programmatic dependent of the previous kernel: wait for it before anything else,
+    and let the next kernel launch as soon as every program of this one has started."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BN)
     if PER_PAIR:
@@ -116,6 +129,7 @@ def _moe_gemm(
     a_base = A + a_rows.to(tl.int64)[:, None] * stride_am
     a_mask = mask_m[:, None]
     w_base = W + e * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
+    w_row0 = (e * N + pid_n * BN).to(tl.int32)
     if SWAP:
         acc = tl.zeros([BN, BM], dtype=tl.float32)
     else:
@@ -134,11 +148,12 @@ def _moe_gemm(
         as_rows = AS + a_rows.to(tl.int64) * stride_asm
         for k0 in range(0, K, BK):
             acc = fp8_block_step(acc, a_base, a_mask, as_rows, w_base, ws_rows, stride_s2, offs_n, mask_n, k0, K,
-                                 BK, SOFT_RNE, PREQ, SWAP)
+                                 W_DESC, w_row0, BK, SOFT_RNE, PREQ, SWAP, TMA)
     else:
         inv_in = tl.load(SCAL + e * stride_ce + 3)
         for k0 in range(0, K, BK):
-            acc = fp8_tensor_step(acc, a_base, a_mask, w_base, inv_in, offs_n, mask_n, k0, K, BK, SOFT_RNE, SWAP)
+            acc = fp8_tensor_step(acc, a_base, a_mask, w_base, inv_in, offs_n, mask_n, k0, K, W_DESC, w_row0, BK,
+                                  SOFT_RNE, SWAP, TMA)
     if SWAP:
         acc = tl.trans(acc)
     if FMT == 2:
@@ -170,8 +185,11 @@ def _moe_gemm(
 
 
 @triton.jit
-def _combine(Y, IDS, OUT, H, TOPK: tl.constexpr, BH: tl.constexpr):
+def _combine(Y, IDS, OUT, H, TOPK: tl.constexpr, BH: tl.constexpr, PDL: tl.constexpr):
     """out[t, :] = sum_j y[t*TOPK + j, :] over slots j with ids[t, j] >= 0."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BH + tl.arange(0, BH)
     m = offs < H
@@ -201,6 +219,29 @@ def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def pdl_enabled(device: torch.device, M: int = 1) -> bool:
+    """Whether a layer of M tokens launches its kernels with programmatic dependent launch on `device`."""
+    if _INTERPRETED or device.type != "cuda" or torch.version.hip:
+        return False
+    if torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    return USE_PDL if USE_PDL is not None else M <= PDL_MAX_M
+
+
+def weight_descriptor(W: torch.Tensor, N: int, K: int, block_n: int, block_k: int):
+    """A TMA tensor descriptor over W [E, N, K] (1-byte elements, contiguous) viewed [E * N, K] with
+    [block_n, block_k] boxes, or None where TMA cannot serve this tensor (then the kernel uses pointer
+    loads; same result): N not a multiple of block_n (a box would cross into the next expert), rows not
+    16-byte aligned, or more than 2^31 rows."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    E = W.shape[0]
+    ok = (W.dim() == 3 and W.element_size() == 1 and W.is_contiguous() and tuple(W.shape[1:]) == (N, K)
+          and N % block_n == 0 and K % 16 == 0 and W.data_ptr() % 16 == 0 and E * N < 2 ** 31)
+    if not ok:
+        return None
+    return TensorDescriptor(W.view(E * N, K), [E * N, K], [K, 1], [block_n, block_k])
+
+
 def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta, cfg, gcfg, topk, A_scale=None):
     sorted_ids, expert_ids, num_blocks, topk_ids, grid_m = route
     act = meta.activation
@@ -209,9 +250,12 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
     ch = mxfp4_k_chunk(K) if fmt == 0 else 0
     bk = 128 if fmt == 1 else gcfg.block_k
     dummy = out
+    desc = weight_descriptor(W, N, K, gcfg.block_n, bk) if gcfg.tma and fmt != 0 else None
+    pdl = pdl_enabled(A.device, P // topk)
     grid = (grid_m * triton.cdiv(N, gcfg.block_n),)
     _moe_gemm[grid](
-        A, A.stride(0), A_scale if A_scale is not None else dummy, A_scale.stride(0) if A_scale is not None else 0, W, W.stride(0), W.stride(1), WS if fmt != 2 else dummy, se, s1, s2,
+        A, A.stride(0), A_scale if A_scale is not None else dummy, A_scale.stride(0) if A_scale is not None else 0, W,
+        desc if desc is not None else W, W.stride(0), W.stride(1), WS if fmt != 2 else dummy, se, s1, s2,
         bias if bias is not None else dummy, bias.stride(0) if bias is not None else 0,
         scal if scal is not None else dummy, scal.stride(0) if scal is not None else 0,
         out, out.stride(0), topk_w,
@@ -222,8 +266,8 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         HAS_BIAS=bias is not None, HAS_LIMIT=act.limit is not None and stage == 1, PER_PAIR=cfg.per_pair, CH=ch,
         BM=cfg.block_m, BN=gcfg.block_n, BK=bk, GROUP_M=cfg.group_m, SOFT_RNE=_INTERPRETED,
         BF16_ASM=A.dtype == torch.bfloat16 and not _INTERPRETED, PREQ=A_scale is not None, SWAP=gcfg.swap_ab,
-        FOLD=meta.small_scales and fmt == 0,
-        num_warps=gcfg.num_warps, num_stages=gcfg.num_stages,
+        FOLD=meta.small_scales and fmt == 0, TMA=desc is not None, PDL=pdl,
+        num_warps=gcfg.num_warps, num_stages=gcfg.num_stages, launch_pdl=pdl,
     )
 
 
@@ -239,13 +283,14 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     P = T * topk
     E, Ip = meta.E_l, meta.Ip
     cfg = config or configs.pick(meta.quant, T, E, topk, H, Ip)
+    pdl = pdl_enabled(x.device, T)
     ids = topk_ids.reshape(-1).to(torch.int32).contiguous()
     tw = topk_weights.reshape(-1).to(torch.float32).contiguous()
     x = x.contiguous()
     if cfg.per_pair:
         route = (ids, ids, ids, ids, P)
     else:
-        sorted_ids, expert_ids, num_blocks = moe_align(ids.view(T, topk), E, cfg.block_m)
+        sorted_ids, expert_ids, num_blocks = moe_align(ids.view(T, topk), E, cfg.block_m, pdl)
         route = (sorted_ids, expert_ids, num_blocks, ids, max_blocks(P, E, cfg.block_m))
     n1 = 2 * Ip if meta.gated else Ip
     inter = torch.empty(P, Ip, dtype=x.dtype, device=x.device)
@@ -254,14 +299,14 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
         sc1, sc2 = _scalars(stored, E, x.device)
     w2_bias = stored.get("w2_bias") if meta.add_w2_bias else None
     preq = meta.quant == "fp8_block" and cfg.prequant
-    a1, a1s = quantize_groups(x, _INTERPRETED) if preq else (x, None)
+    a1, a1s = quantize_groups(x, _INTERPRETED, pdl) if preq else (x, None)
     _launch_gemm(1, a1, stored["w13_weight"], stored.get("w13_weight_scale"), stored.get("w13_bias"), sc1,
                  inter, tw, route, P, n1, H, meta, cfg, cfg.gemm1, topk, a1s)
-    a2, a2s = quantize_groups(inter, _INTERPRETED) if preq else (inter, None)
+    a2, a2s = quantize_groups(inter, _INTERPRETED, pdl) if preq else (inter, None)
     y = torch.empty(P, H, dtype=x.dtype, device=x.device)
     _launch_gemm(2, a2, stored["w2_weight"], stored.get("w2_weight_scale"), w2_bias, sc2,
                  y, tw, route, P, H, Ip, meta, cfg, cfg.gemm2, topk, a2s)
     out = torch.empty_like(x)
     BH = 1024
-    _combine[(T, triton.cdiv(H, BH))](y, ids, out, H, TOPK=topk, BH=BH)
+    _combine[(T, triton.cdiv(H, BH))](y, ids, out, H, TOPK=topk, BH=BH, PDL=pdl, launch_pdl=pdl)
     return out

@@ -20,19 +20,23 @@ def main(names):
     """Four runs per case: sorted path with float32 activations and per-pair path with float16, each with
     plain tiles and with swap-AB tiles (W @ A.T); MXFP4 cases also a fourth, sorted + swap-AB with K steps of 256 (longer than
     the case's K: the masked tail of a K step). Reports the error against plain float64 and, for fp8, against float64 with the activation
-    quantization emulated (the kernel's rounding, checked tightly)."""
+    quantization emulated (the kernel's rounding, checked tightly). FP8 cases also a fifth, sorted + swap-AB
+    with the weight tiles read through TMA tensor descriptors."""
     results = {}
     for name in names:
-        runs = [(False, torch.float32, 64, False), (True, torch.float16, 64, False),
-                (False, torch.float32, 64, True), (True, torch.float16, 64, True)]
+        runs = [(False, torch.float32, 64, False, False), (True, torch.float16, 64, False, False),
+                (False, torch.float32, 64, True, False), (True, torch.float16, 64, True, False)]
         if CASES[name][0] == "mxfp4":
-            runs.append((False, torch.float32, 256, True))
-        for per_pair, x_dtype, bk, swap in runs:
+            runs.append((False, torch.float32, 256, True, False))
+        else:
+            runs.append((False, torch.float32, 64, True, True))
+        for per_pair, x_dtype, bk, swap, tma in runs:
             x, tw, ids, local, stored, meta = make_case(name, seed=len(results), x_dtype=x_dtype)
-            g = GemmConfig(block_n=32, block_k=bk, num_warps=4, num_stages=1, swap_ab=swap)
+            g = GemmConfig(block_n=32, block_k=bk, num_warps=4, num_stages=1, swap_ab=swap, tma=tma)
             cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g, prequant=not per_pair)
             out = fused_moe(x, tw, ids, stored, meta, config=cfg)
-            key = f"{name}/{'pair' if per_pair else 'sorted'}/{str(x_dtype)[6:]}/bk{bk}{'/swap' if swap else ''}"
+            key = (f"{name}/{'pair' if per_pair else 'sorted'}/{str(x_dtype)[6:]}/bk{bk}{'/swap' if swap else ''}"
+                   f"{'/tma' if tma else ''}")
             if out.dtype != x.dtype or out.shape != x.shape:
                 results[key] = {"plain": float("inf")}
                 continue

@@ -86,3 +86,74 @@ def test_mxfp4_scale_fold_is_bit_identical():
         a = fused_moe(x.cuda(), tw.cuda(), ids.cuda(), st, plain, config=cfg)
         b = fused_moe(x.cuda(), tw.cuda(), ids.cuda(), st, folded, config=cfg)
         assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+@cuda
+@pytest.mark.parametrize("name", ["fp8_block_silu", "fp8_tensor_silu"])
+@pytest.mark.parametrize("per_pair,prequant", [(False, False), (False, True), (True, False)])
+@pytest.mark.parametrize("swap", [False, True])
+def test_fp8_tma_weight_tiles_match_pointer_loads(name, per_pair, prequant, swap):
+    """Weight tiles read through TMA tensor descriptors give the same bits as pointer loads (same tiles,
+    same MMA order), and within tolerance of float64; block_n 64 divides every N of these cases, so the
+    descriptor path is really taken (checked)."""
+    from moepack.kernels.configs import GemmConfig, MoEConfig
+    from moepack.kernels.triton_moe import fused_moe, weight_descriptor
+    x, tw, ids, local, stored, meta = make_case(name, seed=17, x_dtype=torch.bfloat16)
+    st = _to(stored, "cuda")
+    E, N1, K1 = st["w13_weight"].shape
+    assert weight_descriptor(st["w13_weight"], N1, K1, 64, 128) is not None
+    outs = []
+    for tma in (False, True):
+        g = GemmConfig(block_n=64, block_k=128, num_warps=4, num_stages=3, swap_ab=swap, tma=tma)
+        cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g, prequant=prequant)
+        outs.append(fused_moe(x.cuda(), tw.cuda(), ids.cuda(), st, meta, config=cfg))
+    assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
+    assert rel_err(outs[1], expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
+
+
+@cuda
+def test_weight_descriptor_refuses_what_tma_cannot_serve():
+    from moepack.kernels.triton_moe import weight_descriptor
+    w = torch.zeros(4, 192, 256, dtype=torch.float8_e4m3fn, device="cuda")
+    assert weight_descriptor(w, 192, 256, 64, 128) is not None
+    assert weight_descriptor(w, 192, 256, 128, 128) is None             # a box would cross experts
+    assert weight_descriptor(w[:, :, :200], 192, 200, 64, 128) is None  # not contiguous
+    assert weight_descriptor(w.view(torch.uint8)[:, :, :240].contiguous(), 192, 240, 64, 128) is not None
+    assert weight_descriptor(torch.zeros(4, 64, 40, dtype=torch.uint8, device="cuda"), 64, 40, 64, 128) is None
+
+
+@cuda
+@pytest.mark.parametrize("name", ["mxfp4_swiglu_bias", "fp8_block_silu"])
+def test_programmatic_dependent_launch_same_bits(name, monkeypatch):
+    """The layer launched with programmatic dependent launch (each kernel waits for its predecessor on
+    the GPU) gives the same bits as without it, eagerly and replayed from a CUDA graph, for every shipped
+    config of the format (forced on: by default it is on for M <= PDL_MAX_M, this case's M included)."""
+    from moepack.kernels import triton_moe
+    from moepack.kernels.configs import shipped_configs
+    x, tw, ids, local, stored, meta = make_case(name, seed=19, x_dtype=torch.bfloat16)
+    xs, tws, idss, st = x.cuda(), tw.cuda(), ids.cuda(), _to(stored, "cuda")
+    for cfg in shipped_configs(meta["quant"]):
+        monkeypatch.setattr(triton_moe, "USE_PDL", False)
+        plain = triton_moe.fused_moe(xs, tws, idss, st, meta, config=cfg)
+        monkeypatch.setattr(triton_moe, "USE_PDL", True)
+        assert triton_moe.pdl_enabled(xs.device) == (torch.cuda.get_device_capability()[0] >= 9)
+        eager = triton_moe.fused_moe(xs, tws, idss, st, meta, config=cfg)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = triton_moe.fused_moe(xs, tws, idss, st, meta, config=cfg)
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for got in (eager, out):
+            assert torch.equal(plain.view(torch.int16), got.view(torch.int16)), cfg
+
+
+@cuda
+def test_pdl_policy_follows_m(monkeypatch):
+    from moepack.kernels import triton_moe
+    monkeypatch.setattr(triton_moe, "USE_PDL", None)
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    dev = torch.device("cuda")
+    assert triton_moe.pdl_enabled(dev, triton_moe.PDL_MAX_M) == hopper
+    assert not triton_moe.pdl_enabled(dev, triton_moe.PDL_MAX_M + 1)
+    assert not triton_moe.pdl_enabled(torch.device("cpu"), 1)

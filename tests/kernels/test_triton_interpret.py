@@ -1,7 +1,8 @@
 """Triton fused-MoE kernels on the CPU interpreter (TRITON_INTERPRET=1, in a subprocess: Triton chooses
 interpreter or compiler when a kernel is decorated, so the flag must be set before moepack.kernels is
 imported, which this process may already have done). Every format and activation, both routing paths
-(sorted blocks, per-pair decode), plain and swap-AB tiles, float32 and float16 activations, against float64 from the logical tensors."""
+(sorted blocks, per-pair decode), plain and swap-AB tiles, FP8 weight tiles by pointer loads and by TMA
+descriptors, float32 and float16 activations, against float64 from the logical tensors."""
 import json
 import os
 import subprocess
@@ -33,7 +34,7 @@ def interp_results():
 def test_kernel_under_interpreter(interp_results, name):
     quant = CASES[name][0]
     runs = {k: v for k, v in interp_results.items() if k.startswith(name + "/")}
-    assert len(runs) == (5 if quant == "mxfp4" else 4)
+    assert len(runs) == 5
     for key, errs in runs.items():
         assert errs["plain"] < PLAIN_TOL[quant], (key, errs)
         if "emulated" in errs:
