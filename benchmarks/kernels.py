@@ -134,7 +134,9 @@ def _row(rows, R, name, M, k, H, I, hit, bytes_per_expert, t, t_peer, err, peer_
 
 # ---------------------------------------------------------------- config sweep (--sweep)
 # Times each GEMM launch alone for many tile configs on random weights in the stored layout (speed does
-# not depend on the values), then the whole layer for the best pair of each routing option. Kernels are
+# not depend on the values), then the whole layer for the best pair of each routing option. Stage 1 is
+# gemm1 together with the FP8 quantization of its output (fused into its epilogue where the tile allows,
+# `triton_moe.fuses_quant`, else the separate pass), so fused and unfused tiles compete fairly. Kernels are
 # compiled first in parallel worker processes (small E, same specializations) to fill Triton's disk cache.
 
 SHAPES = {"gptoss": ("mxfp4", 128, 4, 2880, 2880), "ds_tp8": ("fp8_block", 256, 8, 7168, 256),
@@ -195,23 +197,26 @@ def _fp8_candidates(M: int) -> list[tuple[tuple, list]]:
         return [pair]
     if M <= 256:
         wg = [G(64, 128, 4, 3), G(128, 128, 4, 3)]
-        swg = sw((64, 128, 4, 4), (128, 128, 4, 3), (128, 128, 8, 3),
-                 (128, 128, 4, 4), (128, 128, 4, 5), (128, 128, 8, 4), (64, 128, 4, 5), (256, 128, 8, 3))
+        swg = sw((64, 128, 4, 4), (128, 128, 4, 3), (128, 128, 8, 3), (128, 128, 4, 4), (128, 128, 4, 5),
+                 (128, 128, 8, 4), (64, 128, 4, 5), (256, 128, 8, 3), (256, 128, 4, 4))
         return [((False, 16, False), [G(64, 128, 4, 4), G(128, 128, 4, 3)] + swg),
                 ((False, 16, True), swg), ((False, 64, True), wg + swg)] + ([pair] if M <= 8 else [])
     gs = [G(128, 128, 4, 3), G(256, 128, 8, 3), G(128, 128, 4, 4), G(128, 128, 8, 4), G(128, 128, 4, 2),
-          G(256, 128, 8, 2)] + sw((128, 128, 4, 3), (256, 128, 8, 3), (128, 128, 8, 3), (128, 128, 4, 4),
-                                  (128, 128, 8, 4))
+          G(256, 128, 8, 2), G(256, 128, 8, 4)] + sw((128, 128, 4, 3), (256, 128, 8, 3), (128, 128, 8, 3),
+                                                     (128, 128, 4, 4), (128, 128, 8, 4), (256, 128, 4, 4))
     # block_m 128 plain: two warpgroups of 64 rows, each one's scale FMAs overlapping the other's wgmma
-    return [((False, 64, True), gs), ((False, 128, True), [G(128, 128, 8, 3), G(128, 128, 8, 4), G(256, 128, 8, 3)]
+    opts = [((False, 64, True), gs), ((False, 128, True), [G(128, 128, 8, 3), G(128, 128, 8, 4), G(256, 128, 8, 3)]
                                       + sw((128, 128, 8, 3), (256, 128, 8, 3)))]
+    if M <= 1024:   # ~32 pairs per expert at DeepSeek's M = 1024: block_m 32 pads less than 64
+        opts.append(((False, 32, True), sw((64, 128, 4, 4), (128, 128, 4, 3), (128, 128, 4, 4), (256, 128, 4, 4))))
+    return opts
 
 
 def _stage_launcher(stored, meta, x, tw, ids, opt, g1, g2):
     """(gemm1 callable, gemm2 callable, whole-layer callable) for one routing option and tile pair."""
     from moepack.kernels.align import max_blocks, moe_align
     from moepack.kernels.triton_fp8 import quantize_groups
-    from moepack.kernels.triton_moe import _launch_gemm
+    from moepack.kernels.triton_moe import _launch_gemm, pdl_enabled, stage1
     per_pair, bm, preq = opt
     cfg = MoEConfig(per_pair=per_pair, block_m=bm, gemm1=g1, gemm2=g2, prequant=preq)
     T, k = ids.shape
@@ -228,8 +233,9 @@ def _stage_launcher(stored, meta, x, tw, ids, opt, g1, g2):
     a1, a1s = quantize_groups(x) if preq else (x, None)
     a2, a2s = quantize_groups(inter) if preq else (inter, None)
     w2b = stored.get("w2_bias")
-    g1f = lambda: _launch_gemm(1, a1, stored["w13_weight"], stored.get("w13_weight_scale"), stored.get("w13_bias"),  # noqa: E731
-                               None, inter, twf, route, P, 2 * Ip, H, meta, cfg, g1, k, a1s)
+    # gemm1 with the quantization of its output (in its epilogue where the tile allows, else a separate pass)
+    g1f = lambda: stage1(x, a1, a1s, stored, None, twf, route, meta, cfg, k,  # noqa: E731
+                         pdl_enabled(x.device, T, meta.quant))
     g2f = lambda: _launch_gemm(2, a2, stored["w2_weight"], stored.get("w2_weight_scale"), w2b, None, y, twf,  # noqa: E731
                                route, P, H, Ip, meta, cfg, g2, k, a2s)
     return g1f, g2f, lambda: fused_moe(x, tw, ids, stored, meta, config=cfg), cfg
@@ -328,9 +334,9 @@ def sweep(cases, Ms, out_path, workers):
                 res["best"][f"{case}/{M}"] = dict(layer_us=tbest * 1e6, per_pair=cfg.per_pair, block_m=cfg.block_m,
                                                  prequant=cfg.prequant, gemm1=cfg.gemm1.__dict__,
                                                  gemm2=cfg.gemm2.__dict__, rel_diff_vs_table=diff)
-                triton_moe.USE_PDL = False
+                pdl_setting, triton_moe.USE_PDL = triton_moe.USE_PDL, False
                 t_nopdl = graph_time(lambda: fused_moe(x, tw, ids, st, meta, config=cfg), 10)
-                triton_moe.USE_PDL = None
+                triton_moe.USE_PDL = pdl_setting
                 res["best"][f"{case}/{M}"]["layer_us_without_pdl"] = t_nopdl * 1e6
                 print(f"BEST {case} M={M}: {tbest * 1e6:.1f} us {cfg} (rel diff vs table config {diff:.1e}; "
                       f"without PDL {t_nopdl * 1e6:.1f} us)", flush=True)
@@ -347,7 +353,10 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "kernels.json"))
     ap.add_argument("--sweep", action="store_true", help="time many tile configs per case and M instead")
     ap.add_argument("--workers", type=int, default=14, help="parallel compile processes (1: compile on first use)")
+    ap.add_argument("--pdl", choices=("auto", "on", "off"), default="auto",
+                    help="programmatic dependent launch: the package's policy (auto), or forced on/off")
     a = ap.parse_args()
+    triton_moe.USE_PDL = {"auto": None, "on": True, "off": False}[a.pdl]
     import triton
     Ms = [int(m) for m in a.ms.split(",")]
     if a.sweep:

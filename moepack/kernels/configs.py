@@ -4,7 +4,9 @@
 winner of `python benchmarks/kernels.py --sweep` at each M bucket, measured on an H100 (torch 2.11,
 triton 3.6, 2026-11-23; see docs/KERNEL_NOTES.md, version 6: swap-AB tiles added; version 8: per pair at
 M <= 8 and deeper pipelines for FP8 at M = 8..1024, benchmarks/kernels-sweep-h100-2026-11-23-fp8.json;
-version 9: FP8 weight tiles through TMA descriptors, benchmarks/kernels-sweep-h100-2026-11-23-tma{,2}.json).
+version 9: FP8 weight tiles through TMA descriptors, benchmarks/kernels-sweep-h100-2026-11-23-tma{,2}.json;
+version 10: gemm1 tiles of 256 gated columns quantize gemm2's input in their epilogue,
+benchmarks/kernels-sweep-h100-2026-11-23-qout.json).
 Any other shape uses the table of the nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
@@ -18,7 +20,8 @@ else TP1) at its own M bucket; M between buckets uses the next larger bucket.
   bn/bk: output columns / K per step of each GEMM (gemm1 over stored w13 rows, gate and up interleaved;
   gemm2 over w2 rows). FP8 always steps K by 128 (one scale block).
 - prequant (fp8_block): quantize activations in one pass before each GEMM instead of in every N-tile
-  program.
+  program; gemm2's input is quantized in gemm1's epilogue instead where gemm1's tiles cover whole
+  128-column groups of the intermediate (block_n 256 gated, `triton_moe.fuses_quant`).
 - swap_ab (per GEMM): the program computes the transposed tile, weights x tokens, so the weight tile is the
   MMA's left (64-row, register-capable on Hopper) operand and block_m tokens sit on the narrow side.
 - tma (per GEMM, FP8): weight tiles are copied by the Hopper tensor-memory accelerator from a descriptor
@@ -79,16 +82,16 @@ TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
         256: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(256, 128, 8, 3, True)),
         1024: (False, 64, True, G(128, 128, 4, 3, tma=True), G(128, 128, 4, 3, tma=True)),
         4096: (False, 64, True, G(128, 128, 4, 4, tma=True), G(128, 128, 4, 3, tma=True)),
-        16384: (False, 64, True, G(256, 128, 8, 3, tma=True), G(128, 128, 4, 3)),
+        16384: (False, 64, True, G(256, 128, 8, 4, tma=True), G(128, 128, 4, 3)),
     },
     ("fp8_block", 7168, 2048): {                  # DeepSeek-V3 TP1, E=256, top-8
         1: (True, 16, False, G(64, 128, 4, 4, True, tma=True), G(128, 128, 4, 4, True, tma=True)),
         8: (False, 16, True, G(128, 128, 4, 5, True, tma=True), G(128, 128, 4, 5, True, tma=True)),
         64: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(64, 128, 4, 5, True, tma=True)),
         256: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(128, 128, 4, 5, True)),
-        1024: (False, 64, True, G(128, 128, 4, 3, tma=True), G(128, 128, 4, 4, True, tma=True)),
+        1024: (False, 64, True, G(256, 128, 8, 4, tma=True), G(128, 128, 4, 3, tma=True)),
         4096: (False, 64, True, G(128, 128, 4, 4, tma=True), G(128, 128, 4, 4, tma=True)),
-        16384: (False, 64, True, G(256, 128, 8, 3, tma=True), G(128, 128, 4, 3, tma=True)),
+        16384: (False, 64, True, G(256, 128, 8, 4, tma=True), G(128, 128, 4, 3, tma=True)),
     },
 }
 
@@ -110,13 +113,15 @@ def pick(quant: str, M: int, E: int, topk: int, H: int, Ip: int) -> MoEConfig:
 
 def shipped_configs(quant: str) -> list[MoEConfig]:
     """The tuned configs of `quant`'s family that differ in what correctness can depend on (routing path,
-    block_m, prequant, block_k, swap_ab and tma of each GEMM): one representative each, for tests that run them all."""
+    block_m, prequant, block_k, swap_ab and tma of each GEMM, gemm1 tiles of whole 256-column groups that
+    quantize gemm2's input in their epilogue): one representative each, for tests that run them all."""
     fam = "mxfp4" if quant == "mxfp4" else "fp8_block"
     seen: dict[tuple, MoEConfig] = {}
     for (q, _, _), table in TUNED.items():
         if q != fam:
             continue
         for per_pair, block_m, prequant, g1, g2 in table.values():
-            key = (per_pair, block_m, prequant, g1.block_k, g2.block_k, g1.swap_ab, g2.swap_ab, g1.tma, g2.tma)
+            key = (per_pair, block_m, prequant, g1.block_k, g2.block_k, g1.swap_ab, g2.swap_ab, g1.tma, g2.tma,
+                   g1.block_n % 256 == 0)
             seen.setdefault(key, MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2, prequant=prequant))
     return list(seen.values())

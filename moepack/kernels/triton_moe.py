@@ -6,7 +6,10 @@ Launches (all static shapes, CUDA-graph safe):
   2. gemm2: y[p]     = w[p] * (inter[p] @ w2[e].T + b2[e])     (routed weight + bias fused)
   3. combine: out[t] = sum_j y[t*k + j] over slots whose expert is on this rank, in x.dtype
 One kernel body `_moe_gemm` serves both GEMMs and every format; its constexprs pick the weight tile
-loader (triton_mxfp4.py, triton_fp8.py) and the epilogue.
+loader (triton_mxfp4.py, triton_fp8.py; FP8 weight tiles by pointer loads or through a TMA descriptor) and
+the epilogue. fp8_block with prequant quantizes x in one pass before gemm1, and gemm2's input either in
+gemm1's epilogue (tiles of whole 128-column groups, `fuses_quant`) or in one pass after it. On Hopper,
+FP8 layers of M <= 1024 launch with programmatic dependent launch (`pdl_enabled`).
 """
 from __future__ import annotations
 
@@ -20,14 +23,16 @@ import triton.language as tl
 from ..layouts.triton import mxfp4_k_chunk
 from . import configs
 from .align import max_blocks, moe_align
-from .triton_fp8 import fp8_block_step, fp8_tensor_step, quantize_groups
+from .triton_fp8 import FP8_MAX, fp8_block_step, fp8_tensor_step, quantize_groups, to_e4m3
 from .triton_mxfp4 import mxfp4_step
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # Programmatic dependent launch (Hopper and later): each launch of the layer may start while the previous
-# one drains, and waits for it inside the kernel (griddepcontrol). None = on where the GPU supports it and
-# M <= PDL_MAX_M (the H100 sweeps measured 2-20 us gained at M = 1..1024, nothing at prefill sizes);
-# benchmarks and tests set True/False to force it.
+# one drains, and waits for it inside the kernel (griddepcontrol). None = on where the GPU supports it, for
+# FP8 formats at M <= PDL_MAX_M: on the H100 it gained 1-20 us for DeepSeek-V3 FP8 at M = 1..1024 and
+# nothing measurable at prefill sizes, and cost gpt-oss MXFP4 ~5 us at M = 1 (54 -> 59 us, alternating
+# runs of `benchmarks/kernels.py --pdl on/off`), so MXFP4 launches without it. Benchmarks and tests set
+# True/False to force it.
 USE_PDL: bool | None = None
 PDL_MAX_M = 1024
 FMT = {"mxfp4": 0, "fp8_block": 1, "fp8_tensor": 2}
@@ -67,16 +72,33 @@ def _activate(acc, ACT_KIND: tl.constexpr, GATED: tl.constexpr, alpha, limit, HA
 
 
 @triton.jit
+def _quantize_tile(h, mask_o, ROUND: tl.constexpr, SOFT_RNE: tl.constexpr, BM: tl.constexpr, BO: tl.constexpr):
+    """h [BM, BO] float32 (BO a multiple of 128) -> (q [BM, BO] e4m3, s [BM, BO/128] float32, [BO/128] group
+    offsets): h rounded to the activation dtype first, columns outside mask_o count as zeros, then each
+    128-group quantized as `triton_fp8._quant_rows` does."""
+    if ROUND == 1:
+        h = h.to(tl.bfloat16).to(tl.float32)
+    elif ROUND == 2:
+        h = h.to(tl.float16).to(tl.float32)
+    h = tl.where(mask_o[None, :], h, 0.0)
+    hg = tl.reshape(h, [BM, BO // 128, 128])
+    amax = tl.max(tl.abs(hg), axis=2)
+    s = tl.maximum(amax, 1e-10) / FP8_MAX
+    q = to_e4m3(hg / s[:, :, None], SOFT_RNE)
+    return tl.reshape(q, [BM, BO]), s, tl.arange(0, BO // 128)
+
+
+@triton.jit
 def _moe_gemm(
     A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
-    BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, TOPK_W,
+    BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, OUT_S, stride_osm, TOPK_W,
     SORTED, EXPERT_IDS, NUM_BLOCKS, TOPK_IDS,
     P, N, K, n_scale_blocks, alpha, limit,
     TOPK: tl.constexpr, FMT: tl.constexpr, STAGE: tl.constexpr, ACT_KIND: tl.constexpr, GATED: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LIMIT: tl.constexpr, PER_PAIR: tl.constexpr, CH: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SOFT_RNE: tl.constexpr,
     BF16_ASM: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr, FOLD: tl.constexpr, TMA: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, QOUT: tl.constexpr, ROUND: tl.constexpr,
 ):
     """One [BM, BN] output tile of one GEMM stage for one expert block.
 
@@ -88,6 +110,10 @@ def _moe_gemm(
     the MMA's left operand (64-row wgmma side, and for MXFP4 taken from registers right after the
     decode) and the tokens its narrow side; one transpose before the epilogue.
     TMA (FP8): weight tiles through W_DESC, a tensor descriptor over W viewed [E * N, K] (N % BN == 0).
+    QOUT (STAGE 1, fp8_block): the epilogue writes gemm2's input already quantized, OUT = e4m3 [P, N/2 or N]
+    and OUT_S = its per-row 128-group scales, the same bits `quantize_groups` gives for the intermediate
+    stored in the activation dtype (ROUND: 1 bfloat16, 2 float16, 0 float32); needs the tile's output
+    columns to be whole groups.
     PDL: launched as a programmatic dependent of the previous kernel: wait for it before anything else,
     and let the next kernel launch as soon as every program of this one has started."""
     if PDL:
@@ -176,7 +202,14 @@ def _moe_gemm(
             offs_o = offs_n
             mask_o = mask_n
         o_ptrs = OUT + rows.to(tl.int64)[:, None] * stride_om + offs_o[None, :]
-        tl.store(o_ptrs, h.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_o[None, :])
+        if QOUT:
+            q, s, g = _quantize_tile(h, mask_o, ROUND, SOFT_RNE, BM, offs_o.shape[0])
+            tl.store(o_ptrs, q, mask=mask_m[:, None] & mask_o[None, :])
+            g = pid_n * g.shape[0] + g
+            tl.store(OUT_S + rows.to(tl.int64)[:, None] * stride_osm + g[None, :], s,
+                     mask=mask_m[:, None] & (g < n_scale_blocks)[None, :])
+        else:
+            tl.store(o_ptrs, h.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_o[None, :])
     else:
         wt = tl.load(TOPK_W + rows, mask=mask_m, other=0.0)
         acc = acc * wt[:, None]
@@ -219,13 +252,14 @@ def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def pdl_enabled(device: torch.device, M: int = 1) -> bool:
-    """Whether a layer of M tokens launches its kernels with programmatic dependent launch on `device`."""
+def pdl_enabled(device: torch.device, M: int = 1, quant: str = "fp8_block") -> bool:
+    """Whether a layer of M tokens in format `quant` launches its kernels with programmatic dependent
+    launch on `device`."""
     if _INTERPRETED or device.type != "cuda" or torch.version.hip:
         return False
     if torch.cuda.get_device_capability(device)[0] < 9:
         return False
-    return USE_PDL if USE_PDL is not None else M <= PDL_MAX_M
+    return USE_PDL if USE_PDL is not None else (M <= PDL_MAX_M and quant != "mxfp4")
 
 
 def weight_descriptor(W: torch.Tensor, N: int, K: int, block_n: int, block_k: int):
@@ -242,7 +276,8 @@ def weight_descriptor(W: torch.Tensor, N: int, K: int, block_n: int, block_k: in
     return TensorDescriptor(W.view(E * N, K), [E * N, K], [K, 1], [block_n, block_k])
 
 
-def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta, cfg, gcfg, topk, A_scale=None):
+def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta, cfg, gcfg, topk, A_scale=None,
+                 out_scale=None, round_code=0):
     sorted_ids, expert_ids, num_blocks, topk_ids, grid_m = route
     act = meta.activation
     fmt = FMT[meta.quant]
@@ -251,14 +286,15 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
     bk = 128 if fmt == 1 else gcfg.block_k
     dummy = out
     desc = weight_descriptor(W, N, K, gcfg.block_n, bk) if gcfg.tma and fmt != 0 else None
-    pdl = pdl_enabled(A.device, P // topk)
+    pdl = pdl_enabled(A.device, P // topk, meta.quant)
     grid = (grid_m * triton.cdiv(N, gcfg.block_n),)
     _moe_gemm[grid](
         A, A.stride(0), A_scale if A_scale is not None else dummy, A_scale.stride(0) if A_scale is not None else 0, W,
         desc if desc is not None else W, W.stride(0), W.stride(1), WS if fmt != 2 else dummy, se, s1, s2,
         bias if bias is not None else dummy, bias.stride(0) if bias is not None else 0,
         scal if scal is not None else dummy, scal.stride(0) if scal is not None else 0,
-        out, out.stride(0), topk_w,
+        out, out.stride(0), out_scale if out_scale is not None else dummy,
+        out_scale.stride(0) if out_scale is not None else 0, topk_w,
         sorted_ids, expert_ids, num_blocks, topk_ids,
         P, N, K, -(-meta.Ip // 128), float(act.alpha if act.alpha is not None else 1.0),
         float(act.limit if act.limit is not None else 0.0),
@@ -266,9 +302,41 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         HAS_BIAS=bias is not None, HAS_LIMIT=act.limit is not None and stage == 1, PER_PAIR=cfg.per_pair, CH=ch,
         BM=cfg.block_m, BN=gcfg.block_n, BK=bk, GROUP_M=cfg.group_m, SOFT_RNE=_INTERPRETED,
         BF16_ASM=A.dtype == torch.bfloat16 and not _INTERPRETED, PREQ=A_scale is not None, SWAP=gcfg.swap_ab,
-        FOLD=meta.small_scales and fmt == 0, TMA=desc is not None, PDL=pdl,
+        FOLD=meta.small_scales and fmt == 0, TMA=desc is not None, PDL=pdl, QOUT=out_scale is not None,
+        ROUND=round_code,
         num_warps=gcfg.num_warps, num_stages=gcfg.num_stages, launch_pdl=pdl,
     )
+
+
+ROUND_CODE = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 0}
+
+
+def fuses_quant(meta: MoEMeta, cfg: configs.MoEConfig) -> bool:
+    """Whether gemm1 writes gemm2's quantized input itself (fp8_block with prequant, and each gemm1 tile's
+    output columns are whole 128-groups: block_n / 2 gated, block_n otherwise, a multiple of 128)."""
+    if meta.quant != "fp8_block" or not cfg.prequant:
+        return False
+    return (cfg.gemm1.block_n // 2 if meta.gated else cfg.gemm1.block_n) % 128 == 0
+
+
+def stage1(x, a1, a1s, stored, sc1, tw, route, meta, cfg, topk, pdl):
+    """gemm1 and, with prequant, the quantization of its output: -> (gemm2's input, its group scales or
+    None). Fused into gemm1's epilogue where `fuses_quant`, else a `quantize_groups` pass over the
+    intermediate stored in x.dtype (the same bits either way)."""
+    P, Ip = route[3].numel(), meta.Ip
+    n1 = 2 * Ip if meta.gated else Ip
+    args = (stored["w13_weight"], stored.get("w13_weight_scale"), stored.get("w13_bias"), sc1)
+    if fuses_quant(meta, cfg):
+        a2 = torch.empty(P, Ip, dtype=torch.float8_e4m3fn, device=x.device)
+        a2s = torch.empty(P, -(-Ip // 128), dtype=torch.float32, device=x.device)
+        _launch_gemm(1, a1, *args, a2, tw, route, P, n1, meta.H, meta, cfg, cfg.gemm1, topk, a1s,
+                     out_scale=a2s, round_code=ROUND_CODE[x.dtype])
+        return a2, a2s
+    inter = torch.empty(P, Ip, dtype=x.dtype, device=x.device)
+    _launch_gemm(1, a1, *args, inter, tw, route, P, n1, meta.H, meta, cfg, cfg.gemm1, topk, a1s)
+    if meta.quant == "fp8_block" and cfg.prequant:
+        return quantize_groups(inter, _INTERPRETED, pdl)
+    return inter, None
 
 
 def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, stored: dict, meta,
@@ -283,7 +351,7 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     P = T * topk
     E, Ip = meta.E_l, meta.Ip
     cfg = config or configs.pick(meta.quant, T, E, topk, H, Ip)
-    pdl = pdl_enabled(x.device, T)
+    pdl = pdl_enabled(x.device, T, meta.quant)
     ids = topk_ids.reshape(-1).to(torch.int32).contiguous()
     tw = topk_weights.reshape(-1).to(torch.float32).contiguous()
     x = x.contiguous()
@@ -292,17 +360,13 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     else:
         sorted_ids, expert_ids, num_blocks = moe_align(ids.view(T, topk), E, cfg.block_m, pdl)
         route = (sorted_ids, expert_ids, num_blocks, ids, max_blocks(P, E, cfg.block_m))
-    n1 = 2 * Ip if meta.gated else Ip
-    inter = torch.empty(P, Ip, dtype=x.dtype, device=x.device)
     sc1 = sc2 = None
     if meta.quant == "fp8_tensor":
         sc1, sc2 = _scalars(stored, E, x.device)
     w2_bias = stored.get("w2_bias") if meta.add_w2_bias else None
     preq = meta.quant == "fp8_block" and cfg.prequant
     a1, a1s = quantize_groups(x, _INTERPRETED, pdl) if preq else (x, None)
-    _launch_gemm(1, a1, stored["w13_weight"], stored.get("w13_weight_scale"), stored.get("w13_bias"), sc1,
-                 inter, tw, route, P, n1, H, meta, cfg, cfg.gemm1, topk, a1s)
-    a2, a2s = quantize_groups(inter, _INTERPRETED, pdl) if preq else (inter, None)
+    a2, a2s = stage1(x, a1, a1s, stored, sc1, tw, route, meta, cfg, topk, pdl)
     y = torch.empty(P, H, dtype=x.dtype, device=x.device)
     _launch_gemm(2, a2, stored["w2_weight"], stored.get("w2_weight_scale"), w2_bias, sc2,
                  y, tw, route, P, H, Ip, meta, cfg, cfg.gemm2, topk, a2s)

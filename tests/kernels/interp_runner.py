@@ -43,7 +43,34 @@ def main(names):
             results[key] = {"plain": rel_err(out, expected64(x, tw, ids, local))}
             if meta["quant"] != "mxfp4" and x_dtype == torch.float32:
                 results[key]["emulated"] = rel_err(out, expected64(x, tw, ids, local, emulate_quant=True))
+    for name in names:
+        if CASES[name][0] == "fp8_block":
+            results.update(fused_quant_runs(name))
     print(json.dumps(results))
+
+
+def fused_quant_runs(name):
+    """gemm1 tiles whose outputs are whole 128-groups (block_n 256, gated) quantize gemm2's input in their
+    epilogue: the layer must give the same bits as with the separate quantization pass."""
+    from moepack.kernels import triton_moe
+    out = {}
+    for x_dtype in (torch.float32, torch.float16):
+        for swap in (False, True):
+            x, tw, ids, local, stored, meta = make_case(name, seed=7, x_dtype=x_dtype)
+            g1 = GemmConfig(block_n=256, block_k=128, num_warps=4, num_stages=1, swap_ab=swap)
+            g2 = GemmConfig(block_n=32, block_k=128, num_warps=4, num_stages=1)
+            cfg = MoEConfig(per_pair=False, block_m=16, gemm1=g1, gemm2=g2, prequant=True)
+            fused = triton_moe.fused_moe(x, tw, ids, stored, meta, config=cfg)
+            plain = triton_moe.fuses_quant
+            triton_moe.fuses_quant = lambda m, c: False
+            try:
+                two_pass = triton_moe.fused_moe(x, tw, ids, stored, meta, config=cfg)
+            finally:
+                triton_moe.fuses_quant = plain
+            out[f"fusedquant:{name}/{str(x_dtype)[6:]}{'/swap' if swap else ''}"] = {
+                "fused": plain(triton_moe.MoEMeta(**meta), cfg), "same_bits": bool(torch.equal(fused, two_pass)),
+                "plain": rel_err(fused, expected64(x, tw, ids, local))}
+    return out
 
 
 if __name__ == "__main__":

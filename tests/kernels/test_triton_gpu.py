@@ -149,11 +149,32 @@ def test_programmatic_dependent_launch_same_bits(name, monkeypatch):
 
 
 @cuda
-def test_pdl_policy_follows_m(monkeypatch):
+def test_pdl_policy_follows_m_and_format(monkeypatch):
     from moepack.kernels import triton_moe
     monkeypatch.setattr(triton_moe, "USE_PDL", None)
     hopper = torch.cuda.get_device_capability()[0] >= 9
     dev = torch.device("cuda")
     assert triton_moe.pdl_enabled(dev, triton_moe.PDL_MAX_M) == hopper
     assert not triton_moe.pdl_enabled(dev, triton_moe.PDL_MAX_M + 1)
+    assert not triton_moe.pdl_enabled(dev, 1, "mxfp4")
     assert not triton_moe.pdl_enabled(torch.device("cpu"), 1)
+
+
+@cuda
+@pytest.mark.parametrize("swap,tma", [(False, False), (True, False), (False, True), (True, True)])
+def test_fused_quantization_epilogue_same_bits_gpu(swap, tma, monkeypatch):
+    """gemm1 tiles of 256 gated columns (128 outputs, one group) quantize gemm2's input in the epilogue:
+    same bits as the separate quantize_groups pass over the bf16 intermediate."""
+    from moepack.kernels import triton_moe
+    from moepack.kernels.configs import GemmConfig, MoEConfig
+    x, tw, ids, local, stored, meta = make_case("fp8_block_silu", seed=23, x_dtype=torch.bfloat16)
+    args = (x.cuda(), tw.cuda(), ids.cuda(), _to(stored, "cuda"), meta)
+    g1 = GemmConfig(block_n=256, block_k=128, num_warps=4, num_stages=3, swap_ab=swap, tma=tma)
+    g2 = GemmConfig(block_n=64, block_k=128, num_warps=4, num_stages=3, swap_ab=swap, tma=tma)
+    cfg = MoEConfig(per_pair=False, block_m=16, gemm1=g1, gemm2=g2, prequant=True)
+    assert triton_moe.fuses_quant(triton_moe.MoEMeta(**meta), cfg)
+    fused = triton_moe.fused_moe(*args, config=cfg)
+    monkeypatch.setattr(triton_moe, "fuses_quant", lambda m, c: False)
+    two_pass = triton_moe.fused_moe(*args, config=cfg)
+    assert torch.equal(fused.view(torch.int16), two_pass.view(torch.int16))
+    assert rel_err(fused, expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]

@@ -39,3 +39,11 @@ def test_kernel_under_interpreter(interp_results, name):
         assert errs["plain"] < PLAIN_TOL[quant], (key, errs)
         if "emulated" in errs:
             assert errs["emulated"] < EMULATED_TOL[quant], (key, errs)
+
+
+def test_fused_quantization_epilogue_is_bit_identical(interp_results):
+    runs = {k: v for k, v in interp_results.items() if k.startswith("fusedquant:")}
+    assert len(runs) == 4 * sum(1 for c in CASES.values() if c[0] == "fp8_block")
+    for key, r in runs.items():
+        assert r["fused"] and r["same_bits"], (key, r)
+        assert r["plain"] < PLAIN_TOL["fp8_block"], (key, r)
