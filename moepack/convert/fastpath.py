@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from ..bits import ITEM_DTYPE, as_items
 from ..errors import FormatError, PlanError
 from ..formats.assemble import _target, canonical_dtype, read_canonical
 from ..formats.model import CanonicalTensor
@@ -308,20 +309,6 @@ def _range_boxes(lo: int, hi: int, radices: tuple[int, ...]) -> list[tuple[tuple
     return out
 
 
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
-
-
-def _as_items(t: torch.Tensor, width: int) -> torch.Tensor | None:
-    """t's bits as `width`-byte items along its last dim (a view), or None where the layout forbids it."""
-    try:
-        v = t.view(_BITS[t.element_size()])
-        if width != t.element_size():
-            v = v.view(_BITS[width])
-    except RuntimeError:
-        return None
-    return v if v.data_ptr() % width == 0 else None
-
-
 @dataclasses.dataclass
 class _OneCopy:
     """How to write every part of a chain in one pass (see the section comment)."""
@@ -340,7 +327,7 @@ def _one_copy(chain: Chain, x: torch.Tensor) -> _OneCopy | None:
     """The one-pass plan of `chain` on `x`, or None (the chain is not of the form above, or its own
     checks would fail: then Chain.apply runs and raises)."""
     steps, i, nd = chain.steps, 0, x.dim()
-    if x.element_size() not in _BITS or 0 in x.shape:
+    if x.element_size() not in ITEM_DTYPE or 0 in x.shape:
         return None
     de = ep = None
     if i < len(steps) and isinstance(steps[i], DeinterleaveGateUp):
@@ -434,7 +421,7 @@ def _write_boxes(plan: _OneCopy, out: torch.Tensor, halves: list[torch.Tensor] |
         if f > 1 and not (last and plan.order[-1] == last[-1] and plan.digits[last[-1]] % f == 0
                           and all(n % f == 0 for s in axes[-1] for n in (s.start, s.length, s.src or 0))):
             continue
-        items = [_as_items(out.view(-1), width)] + [_as_items(h, width) for h in halves]
+        items = [as_items(out.view(-1), width)] + [as_items(h, width) for h in halves]
         if all(t is not None for t in items):
             break
     digits = list(plan.digits)
@@ -454,7 +441,7 @@ def _write_boxes(plan: _OneCopy, out: torch.Tensor, halves: list[torch.Tensor] |
             continue
         value = max(fills, key=lambda s: s.tag).value if fills else None
         if fills and value not in patterns:
-            pat = filled((f,), value, like).view(_BITS[esize]).view(_BITS[width])
+            pat = filled((f,), value, like).view(ITEM_DTYPE[esize]).view(ITEM_DTYPE[width])
             patterns[value] = pat if bool(pat.view(torch.uint8).any()) else None
         for sub in itertools.product(*(_range_boxes(s.start, s.start + s.length, r) for s, r in zip(box, radices))):
             dst = view[tuple(slice(a, b) for ranges in sub for a, b in ranges)]
@@ -514,7 +501,7 @@ def _write_part(plan: _OneCopy, chain: Chain, x: torch.Tensor, part_no: int) -> 
         _write_boxes(plan, out, plan.views(x, group), axes, x)
         return out
     El = plan.shape[0]
-    bits = _BITS[x.element_size()]
+    bits = ITEM_DTYPE[x.element_size()]
     src = x.narrow(0, group * El, El).view(bits).view(El, -1)
     idx = _expert_index(plan, chain, x, part_no)
     torch.gather(src, 1, idx.expand(El, idx.numel()), out=out.view(bits).view(El, -1))

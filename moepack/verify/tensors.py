@@ -10,18 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ..bits import as_bits, same_bytes
 from ..formats.model import CanonicalTensor, SourcePiece
-
-_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def as_bits(t: torch.Tensor) -> torch.Tensor:
-    """The tensor's elements reinterpreted as same-width integers (bit patterns, same shape)."""
-    t = t.contiguous()
-    if t.dim() == 0:
-        t = t.reshape(1)
-    return t.view(_INT_OF_SIZE[t.element_size()])
-
 
 def first_difference(got: torch.Tensor, want: torch.Tensor) -> str | None:
     """None when `got` and `want` have the same dtype, shape and bits; else a one-line description
@@ -30,7 +20,7 @@ def first_difference(got: torch.Tensor, want: torch.Tensor) -> str | None:
         return f"dtype {got.dtype}, expected {want.dtype}"
     if tuple(got.shape) != tuple(want.shape):
         return f"shape {list(got.shape)}, expected {list(want.shape)}"
-    if _same_bytes(got, want):  # the common case, without a [numel] bool mask (15 GB of them in a full verify)
+    if same_bytes(got, want):  # the common case, without a [numel] bool mask (15 GB of them in a full verify)
         return None
     a, b = as_bits(got), as_bits(want)
     ne = a != b
@@ -38,17 +28,6 @@ def first_difference(got: torch.Tensor, want: torch.Tensor) -> str | None:
     flat, idx = first_true(ne)
     g, w = got.reshape(-1)[flat], want.reshape(-1)[flat]
     return f"{count} of {got.numel()} elements differ; first at {idx}: {show_value(g)}, expected {show_value(w)}"
-
-
-def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """True when two tensors of one shape and dtype hold the same bytes. Compared as int64 words where the
-    layout allows (torch.equal on CPU steps element by element: 8x fewer steps than bytes), else as
-    same-width integers."""
-    a, b = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
-    nbytes = a.numel() * a.element_size()
-    if nbytes and nbytes % 8 == 0 and a.data_ptr() % 8 == 0 and b.data_ptr() % 8 == 0:
-        return torch.equal(a.view(torch.uint8).view(torch.int64), b.view(torch.uint8).view(torch.int64))
-    return torch.equal(as_bits(a), as_bits(b))
 
 
 def first_true(mask: torch.Tensor) -> tuple[int, list[int]]:
