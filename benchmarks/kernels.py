@@ -234,10 +234,10 @@ def _stage_launcher(stored, meta, x, tw, ids, opt, g1, g2):
     a2, a2s = quantize_groups(inter) if preq else (inter, None)
     w2b = stored.get("w2_bias")
     # gemm1 with the quantization of its output (in its epilogue where the tile allows, else a separate pass)
-    g1f = lambda: stage1(x, a1, a1s, stored, None, twf, route, meta, cfg, k,  # noqa: E731
-                         pdl_enabled(x.device, T, meta.quant))
+    pdl = pdl_enabled(x.device, T, meta.quant)
+    g1f = lambda: stage1(x, a1, a1s, stored, None, twf, route, meta, cfg, k, pdl)  # noqa: E731
     g2f = lambda: _launch_gemm(2, a2, stored["w2_weight"], stored.get("w2_weight_scale"), w2b, None, y, twf,  # noqa: E731
-                               route, P, H, Ip, meta, cfg, g2, k, a2s)
+                               route, P, H, Ip, meta, cfg, g2, k, pdl, a2s)
     return g1f, g2f, lambda: fused_moe(x, tw, ids, stored, meta, config=cfg), cfg
 
 
@@ -334,12 +334,14 @@ def sweep(cases, Ms, out_path, workers):
                 res["best"][f"{case}/{M}"] = dict(layer_us=tbest * 1e6, per_pair=cfg.per_pair, block_m=cfg.block_m,
                                                  prequant=cfg.prequant, gemm1=cfg.gemm1.__dict__,
                                                  gemm2=cfg.gemm2.__dict__, rel_diff_vs_table=diff)
-                pdl_setting, triton_moe.USE_PDL = triton_moe.USE_PDL, False
-                t_nopdl = graph_time(lambda: fused_moe(x, tw, ids, st, meta, config=cfg), 10)
-                triton_moe.USE_PDL = pdl_setting
-                res["best"][f"{case}/{M}"]["layer_us_without_pdl"] = t_nopdl * 1e6
+                t_nopdl = None              # the layer again without PDL, where the policy turns it on
+                if triton_moe.pdl_enabled(x.device, M, quant):
+                    pdl_setting, triton_moe.USE_PDL = triton_moe.USE_PDL, False
+                    t_nopdl = graph_time(lambda: fused_moe(x, tw, ids, st, meta, config=cfg), 10) * 1e6
+                    triton_moe.USE_PDL = pdl_setting
+                res["best"][f"{case}/{M}"]["layer_us_without_pdl"] = t_nopdl
                 print(f"BEST {case} M={M}: {tbest * 1e6:.1f} us {cfg} (rel diff vs table config {diff:.1e}; "
-                      f"without PDL {t_nopdl * 1e6:.1f} us)", flush=True)
+                      f"without PDL {t_nopdl} us)", flush=True)
             json.dump(res, open(out_path, "w"), indent=1)
         del st
         torch.cuda.empty_cache()

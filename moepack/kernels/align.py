@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import wait_for_previous_grid
+
 
 def max_blocks(num_pairs: int, num_experts: int, block_m: int) -> int:
     return num_pairs // block_m + min(num_experts, num_pairs)
@@ -25,9 +27,7 @@ def max_blocks(num_pairs: int, num_experts: int, block_m: int) -> int:
 
 @triton.jit
 def _count_kernel(ids_ptr, counts_ptr, rank_ptr, P, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    wait_for_previous_grid(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1)
     ok = ids >= 0
@@ -48,12 +48,9 @@ def _padded_layout(counts_ptr, E, BLOCK_M: tl.constexpr, E_POW2: tl.constexpr):
 def _place_kernel(ids_ptr, counts_ptr, rank_ptr, sorted_ptr, expert_ids_ptr, num_blocks_ptr,
                   P, E, n_slots, n_blocks_max,
                   BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    wait_for_previous_grid(PDL)
     pid = tl.program_id(0)
     e, c, padded, ends = _padded_layout(counts_ptr, E, BLOCK_M, E_POW2)
-    starts = ends - padded
     total = tl.sum(padded, axis=0)
     if pid == 0:
         tl.store(num_blocks_ptr, total // BLOCK_M)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .pdl import wait_for_previous_grid
+
 FP8_MAX = tl.constexpr(448.0)
 
 
@@ -32,7 +34,7 @@ def to_e4m3(v, SOFT_RNE: tl.constexpr):
 
 
 @triton.jit
-def _quant_rows(a, SOFT_RNE: tl.constexpr):
+def quant_rows(a, SOFT_RNE: tl.constexpr):
     """a [BM, BK] float -> (q [BM, BK] float8e4nv, s [BM] float32), one scale per row."""
     amax = tl.max(tl.abs(a.to(tl.float32)), axis=1)
     s = tl.maximum(amax, 1e-10) / FP8_MAX
@@ -67,7 +69,7 @@ def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws_rows, stride_wsk, 
         qa = a
         sa = tl.load(as_rows + k0 // 128, mask=tl.reshape(a_mask_m, [a_mask_m.shape[0]]), other=0.0)  # [BM]
     else:
-        qa, sa = _quant_rows(a, SOFT_RNE)
+        qa, sa = quant_rows(a, SOFT_RNE)
     if SWAP:
         acc = acc + tl.dot(w, tl.trans(qa)) * ws[:, None] * sa[None, :]
     else:
@@ -96,9 +98,7 @@ def fp8_tensor_step(acc, a_base, a_mask_m, w_base, inv_in_scale, offs_n, mask_n,
 def _quant_groups_kernel(X, Q, S, R, K, stride_x, n_groups, BR: tl.constexpr, SOFT_RNE: tl.constexpr,
                          PDL: tl.constexpr):
     """BR rows x one 128-group: Q[r, g*128:(g+1)*128] = e4m3(x / s), S[r, g] = s."""
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    wait_for_previous_grid(PDL)
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     g = tl.program_id(1)
     offs = g * 128 + tl.arange(0, 128)
@@ -106,7 +106,7 @@ def _quant_groups_kernel(X, Q, S, R, K, stride_x, n_groups, BR: tl.constexpr, SO
     m = mr[:, None] & (offs < K)[None, :]
     r64 = rows.to(tl.int64)
     x = tl.load(X + r64[:, None] * stride_x + offs[None, :], mask=m, other=0.0)
-    q, s = _quant_rows(x, SOFT_RNE)
+    q, s = quant_rows(x, SOFT_RNE)
     tl.store(Q + r64[:, None] * K + offs[None, :], q, mask=m)
     tl.store(S + r64 * n_groups + g, s, mask=mr)
 

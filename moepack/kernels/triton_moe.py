@@ -23,7 +23,8 @@ import triton.language as tl
 from ..layouts.triton import mxfp4_k_chunk
 from . import configs
 from .align import max_blocks, moe_align
-from .triton_fp8 import FP8_MAX, fp8_block_step, fp8_tensor_step, quantize_groups, to_e4m3
+from .pdl import wait_for_previous_grid
+from .triton_fp8 import fp8_block_step, fp8_tensor_step, quant_rows, quantize_groups
 from .triton_mxfp4 import mxfp4_step
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -75,17 +76,14 @@ def _activate(acc, ACT_KIND: tl.constexpr, GATED: tl.constexpr, alpha, limit, HA
 def _quantize_tile(h, mask_o, ROUND: tl.constexpr, SOFT_RNE: tl.constexpr, BM: tl.constexpr, BO: tl.constexpr):
     """h [BM, BO] float32 (BO a multiple of 128) -> (q [BM, BO] e4m3, s [BM, BO/128] float32, [BO/128] group
     offsets): h rounded to the activation dtype first, columns outside mask_o count as zeros, then each
-    128-group quantized as `triton_fp8._quant_rows` does."""
+    128-group quantized by `triton_fp8.quant_rows`, as the separate pass does."""
     if ROUND == 1:
         h = h.to(tl.bfloat16).to(tl.float32)
     elif ROUND == 2:
         h = h.to(tl.float16).to(tl.float32)
     h = tl.where(mask_o[None, :], h, 0.0)
-    hg = tl.reshape(h, [BM, BO // 128, 128])
-    amax = tl.max(tl.abs(hg), axis=2)
-    s = tl.maximum(amax, 1e-10) / FP8_MAX
-    q = to_e4m3(hg / s[:, :, None], SOFT_RNE)
-    return tl.reshape(q, [BM, BO]), s, tl.arange(0, BO // 128)
+    q, s = quant_rows(tl.reshape(h, [BM * (BO // 128), 128]), SOFT_RNE)
+    return tl.reshape(q, [BM, BO]), tl.reshape(s, [BM, BO // 128]), tl.arange(0, BO // 128)
 
 
 @triton.jit
@@ -114,11 +112,8 @@ def _moe_gemm(
     and OUT_S = its per-row 128-group scales, the same bits `quantize_groups` gives for the intermediate
     stored in the activation dtype (ROUND: 1 bfloat16, 2 float16, 0 float32); needs the tile's output
     columns to be whole groups.
-    PDL: launched as a programmatic dependent of the previous kernel: wait for it before anything else,
-    and let the next kernel launch as soon as every program of this one has started."""
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    PDL: launched as a programmatic dependent of the previous kernel (pdl.py)."""
+    wait_for_previous_grid(PDL)
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BN)
     if PER_PAIR:
@@ -220,9 +215,7 @@ def _moe_gemm(
 @triton.jit
 def _combine(Y, IDS, OUT, H, TOPK: tl.constexpr, BH: tl.constexpr, PDL: tl.constexpr):
     """out[t, :] = sum_j y[t*TOPK + j, :] over slots j with ids[t, j] >= 0."""
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    wait_for_previous_grid(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BH + tl.arange(0, BH)
     m = offs < H
@@ -276,7 +269,7 @@ def weight_descriptor(W: torch.Tensor, N: int, K: int, block_n: int, block_k: in
     return TensorDescriptor(W.view(E * N, K), [E * N, K], [K, 1], [block_n, block_k])
 
 
-def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta, cfg, gcfg, topk, A_scale=None,
+def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta, cfg, gcfg, topk, pdl, A_scale=None,
                  out_scale=None, round_code=0):
     sorted_ids, expert_ids, num_blocks, topk_ids, grid_m = route
     act = meta.activation
@@ -286,7 +279,6 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
     bk = 128 if fmt == 1 else gcfg.block_k
     dummy = out
     desc = weight_descriptor(W, N, K, gcfg.block_n, bk) if gcfg.tma and fmt != 0 else None
-    pdl = pdl_enabled(A.device, P // topk, meta.quant)
     grid = (grid_m * triton.cdiv(N, gcfg.block_n),)
     _moe_gemm[grid](
         A, A.stride(0), A_scale if A_scale is not None else dummy, A_scale.stride(0) if A_scale is not None else 0, W,
@@ -311,10 +303,15 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
 ROUND_CODE = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 0}
 
 
+def prequantizes(meta: MoEMeta, cfg: configs.MoEConfig) -> bool:
+    """Whether each GEMM's activations are quantized before it (fp8_block with `cfg.prequant`)."""
+    return meta.quant == "fp8_block" and cfg.prequant
+
+
 def fuses_quant(meta: MoEMeta, cfg: configs.MoEConfig) -> bool:
-    """Whether gemm1 writes gemm2's quantized input itself (fp8_block with prequant, and each gemm1 tile's
-    output columns are whole 128-groups: block_n / 2 gated, block_n otherwise, a multiple of 128)."""
-    if meta.quant != "fp8_block" or not cfg.prequant:
+    """Whether gemm1 writes gemm2's quantized input itself (`prequantizes`, and each gemm1 tile's output
+    columns are whole 128-groups: block_n / 2 gated, block_n otherwise, a multiple of 128)."""
+    if not prequantizes(meta, cfg):
         return False
     return (cfg.gemm1.block_n // 2 if meta.gated else cfg.gemm1.block_n) % 128 == 0
 
@@ -329,12 +326,12 @@ def stage1(x, a1, a1s, stored, sc1, tw, route, meta, cfg, topk, pdl):
     if fuses_quant(meta, cfg):
         a2 = torch.empty(P, Ip, dtype=torch.float8_e4m3fn, device=x.device)
         a2s = torch.empty(P, -(-Ip // 128), dtype=torch.float32, device=x.device)
-        _launch_gemm(1, a1, *args, a2, tw, route, P, n1, meta.H, meta, cfg, cfg.gemm1, topk, a1s,
+        _launch_gemm(1, a1, *args, a2, tw, route, P, n1, meta.H, meta, cfg, cfg.gemm1, topk, pdl, a1s,
                      out_scale=a2s, round_code=ROUND_CODE[x.dtype])
         return a2, a2s
     inter = torch.empty(P, Ip, dtype=x.dtype, device=x.device)
-    _launch_gemm(1, a1, *args, inter, tw, route, P, n1, meta.H, meta, cfg, cfg.gemm1, topk, a1s)
-    if meta.quant == "fp8_block" and cfg.prequant:
+    _launch_gemm(1, a1, *args, inter, tw, route, P, n1, meta.H, meta, cfg, cfg.gemm1, topk, pdl, a1s)
+    if prequantizes(meta, cfg):
         return quantize_groups(inter, _INTERPRETED, pdl)
     return inter, None
 
@@ -364,12 +361,11 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     if meta.quant == "fp8_tensor":
         sc1, sc2 = _scalars(stored, E, x.device)
     w2_bias = stored.get("w2_bias") if meta.add_w2_bias else None
-    preq = meta.quant == "fp8_block" and cfg.prequant
-    a1, a1s = quantize_groups(x, _INTERPRETED, pdl) if preq else (x, None)
+    a1, a1s = quantize_groups(x, _INTERPRETED, pdl) if prequantizes(meta, cfg) else (x, None)
     a2, a2s = stage1(x, a1, a1s, stored, sc1, tw, route, meta, cfg, topk, pdl)
     y = torch.empty(P, H, dtype=x.dtype, device=x.device)
     _launch_gemm(2, a2, stored["w2_weight"], stored.get("w2_weight_scale"), w2_bias, sc2,
-                 y, tw, route, P, H, Ip, meta, cfg, cfg.gemm2, topk, a2s)
+                 y, tw, route, P, H, Ip, meta, cfg, cfg.gemm2, topk, pdl, a2s)
     out = torch.empty_like(x)
     BH = 1024
     _combine[(T, triton.cdiv(H, BH))](y, ids, out, H, TOPK=topk, BH=BH, PDL=pdl, launch_pdl=pdl)
