@@ -171,17 +171,20 @@ def sweep_candidates(quant: str, M: int) -> list[tuple[tuple, list]]:
     G = GemmConfig
     sw = lambda *gs: [G(*g, swap_ab=True) for g in gs]  # noqa: E731
     if quant == "mxfp4":
+        # with the mma tiles (layouts/triton.py) the swap-AB decode reads whole words: mostly swap-AB tiles
         if M <= 8:
-            gs = [G(64, 256, 4, 3), G(32, 256, 4, 3), G(128, 128, 4, 3)] + sw(
-                (64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 4, 3), (128, 256, 4, 3), (128, 128, 8, 3))
+            gs = [G(64, 256, 4, 3), G(128, 128, 4, 3)] + sw(
+                (64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 4, 3), (128, 256, 4, 3), (128, 128, 8, 3),
+                (64, 128, 4, 4), (128, 128, 4, 4), (64, 64, 4, 4))
             # per pair (no sort): M = 1 always; M <= 8 also tried, since each of its few experts is hit ~once
             return [((True, 16, False), gs)] + ([((False, 16, False), gs)] if M > 1 else [])
         if M <= 256:
-            gs = [G(128, 128, 4, 3), G(64, 128, 4, 3)] + sw((64, 128, 4, 3), (128, 128, 4, 3), (128, 256, 4, 3),
-                                                            (128, 128, 8, 3), (256, 128, 8, 3))
-            return [((False, 16, False), gs), ((False, 32, False), sw((128, 128, 4, 3), (128, 128, 8, 3)))]
+            gs = [G(128, 128, 4, 3)] + sw((64, 128, 4, 3), (128, 128, 4, 3), (128, 256, 4, 3), (128, 128, 8, 3),
+                                          (256, 128, 8, 3), (64, 128, 4, 4), (128, 128, 4, 4), (64, 256, 4, 3))
+            return [((False, 16, False), gs), ((False, 32, False), sw((128, 128, 4, 3), (128, 128, 8, 3), (64, 128, 4, 4)))]
         gs = [G(128, 128, 4, 3), G(128, 64, 8, 3)] + sw((128, 128, 4, 3), (128, 64, 8, 3), (256, 64, 8, 3),
-                                                        (128, 128, 8, 3), (256, 128, 8, 3))
+                                                        (128, 128, 8, 3), (256, 128, 8, 3), (128, 128, 4, 4),
+                                                        (128, 64, 8, 4))
         bm = 64 if M <= 1024 else 128
         return [((False, bm, False), gs), ((False, 2 * bm, False), sw((128, 64, 8, 3), (256, 64, 8, 3)))]
     return [(opt, gs + [dataclasses.replace(g, tma=True) for g in gs]) for opt, gs in _fp8_candidates(M)]

@@ -67,13 +67,13 @@ G = GemmConfig
 # (quant, H, Ip) -> {M bucket: (per_pair, block_m, prequant, gemm1, gemm2)}; H100 sweep winners
 TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
     ("mxfp4", 2880, 2880): {                      # gpt-oss-120b, E=128, top-4
-        1: (True, 16, False, G(64, 256, 4, 3), G(64, 256, 4, 3, True)),
-        8: (False, 16, False, G(128, 128, 4, 3), G(64, 128, 4, 3, True)),
-        64: (False, 16, False, G(128, 128, 4, 3), G(128, 128, 4, 3)),
-        256: (False, 16, False, G(128, 128, 4, 3), G(128, 128, 4, 3)),
-        1024: (False, 64, False, G(128, 64, 8, 3, True), G(128, 128, 4, 3, True)),
-        4096: (False, 128, False, G(128, 64, 8, 3, True), G(128, 128, 4, 3, True)),
-        16384: (False, 128, False, G(128, 64, 8, 3, True), G(128, 128, 4, 3, True)),
+        1: (True, 16, False, G(128, 256, 4, 3, True), G(64, 256, 4, 3, True)),
+        8: (True, 16, False, G(128, 256, 4, 3, True), G(128, 256, 4, 3, True)),    # per pair
+        64: (False, 16, False, G(128, 128, 4, 3, True), G(128, 256, 4, 3, True)),
+        256: (False, 16, False, G(128, 128, 4, 3, True), G(128, 256, 4, 3, True)),
+        1024: (False, 64, False, G(128, 128, 4, 3, True), G(128, 128, 4, 3, True)),
+        4096: (False, 128, False, G(128, 64, 8, 4, True), G(128, 128, 4, 3, True)),
+        16384: (False, 128, False, G(128, 64, 8, 4, True), G(128, 128, 4, 3, True)),
     },
     ("fp8_block", 7168, 256): {                   # DeepSeek-V3 TP8 rank, E=256, top-8
         1: (True, 16, False, G(64, 128, 4, 4, True, tma=True), G(128, 128, 4, 4, True)),

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layouts.triton import mxfp4_k_chunk
+from ..layouts.triton import mma_tiles_fit, mxfp4_k_chunk
 from . import configs
 from .align import max_blocks, moe_align
 from .pdl import wait_for_previous_grid
@@ -52,6 +52,9 @@ class MoEMeta:
     Ip: int
     add_w2_bias: bool = True
     small_scales: bool = False   # mxfp4: every weight scale code <= 128 (triton_mxfp4.small_scales); False is always safe
+    # mxfp4: whether (w13, w2) are stored with `triton_fp4_mma_tiles` + `triton_fp4_bf16_bits`; None = what
+    # `triton_local_steps` writes today (`mma_tiles_fit`). MoELayer sets it from the manifest's chains.
+    fp4_tiles: tuple[bool, bool] | None = None
 
 
 @triton.jit
@@ -96,7 +99,7 @@ def _moe_gemm(
     HAS_BIAS: tl.constexpr, HAS_LIMIT: tl.constexpr, PER_PAIR: tl.constexpr, CH: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SOFT_RNE: tl.constexpr,
     BF16_ASM: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr, FOLD: tl.constexpr, TMA: tl.constexpr,
-    PDL: tl.constexpr, QOUT: tl.constexpr, ROUND: tl.constexpr,
+    PDL: tl.constexpr, QOUT: tl.constexpr, ROUND: tl.constexpr, TILED: tl.constexpr = False,
 ):
     """One [BM, BN] output tile of one GEMM stage for one expert block.
 
@@ -157,9 +160,11 @@ def _moe_gemm(
         acc = tl.zeros([BM, BN], dtype=tl.float32)
     if FMT == 0:
         s_base = WS + e * stride_se + offs_n[None, :] * stride_s2
+        if TILED:
+            w_base = W + e * stride_we + (pid_n * BN + 16 * tl.arange(0, BN // 16)).to(tl.int64)[:, None] * stride_wn
         for k0 in range(0, K, BK):
             acc = mxfp4_step(acc, a_base, a_mask, w_base, s_base, stride_s1, offs_n, mask_n, k0, K, BN, BK, CH,
-                             BF16_ASM, SWAP, FOLD)
+                             BF16_ASM, SWAP, FOLD, TILED)
     elif FMT == 1:
         if STAGE == 1 and GATED:
             srow = (offs_n % 2) * n_scale_blocks + (offs_n // 2) // 128
@@ -269,6 +274,16 @@ def weight_descriptor(W: torch.Tensor, N: int, K: int, block_n: int, block_k: in
     return TensorDescriptor(W.view(E * N, K), [E * N, K], [K, 1], [block_n, block_k])
 
 
+def fp4_tiled(meta: MoEMeta, stage: int, N: int, K: int) -> bool:
+    """Whether stage `stage`'s MXFP4 weight [E, N, K/2] is stored in `triton_fp4_mma_tiles` order."""
+    if meta.quant != "mxfp4":
+        return False
+    tiled = mma_tiles_fit(N, K) if meta.fp4_tiles is None else meta.fp4_tiles[stage - 1]
+    if tiled and not mma_tiles_fit(N, K):
+        raise ValueError(f"gemm{stage}: fp4_mma_tiles needs N % 16 == 0 and K % 64 == 0, got N={N}, K={K}")
+    return tiled
+
+
 def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta, cfg, gcfg, topk, pdl, A_scale=None,
                  out_scale=None, round_code=0):
     sorted_ids, expert_ids, num_blocks, topk_ids, grid_m = route
@@ -295,7 +310,7 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         BM=cfg.block_m, BN=gcfg.block_n, BK=bk, GROUP_M=cfg.group_m, SOFT_RNE=_INTERPRETED,
         BF16_ASM=A.dtype == torch.bfloat16 and not _INTERPRETED, PREQ=A_scale is not None, SWAP=gcfg.swap_ab,
         FOLD=meta.small_scales and fmt == 0, TMA=desc is not None, PDL=pdl, QOUT=out_scale is not None,
-        ROUND=round_code,
+        ROUND=round_code, TILED=fp4_tiled(meta, stage, N, K),
         num_warps=gcfg.num_warps, num_stages=gcfg.num_stages, launch_pdl=pdl,
     )
 

@@ -5,13 +5,17 @@ Logical (see docs/DESIGN.md) -> stored, per role:
 
 | quant       | role               | steps                                              | stored shape                  |
 | ----------- | ------------------ | -------------------------------------------------- | ----------------------------- |
-| mxfp4       | w13_weight         | interleave_gate_up (gated), nibble_split(chunk)    | [E, 2Ip, H/2] uint8           |
+| mxfp4       | w13_weight         | interleave_gate_up (gated), nibble_split(chunk),   | [E, 2Ip, H/2] uint8           |
+|             |                    | fp4_mma_tiles, fp4_bf16_bits (*)                   |                               |
 | mxfp4       | w13_weight_scale   | interleave_gate_up (gated), transpose_last2        | [E, H/32, 2Ip] uint8          |
 | mxfp4       | w13_bias           | interleave_gate_up (gated)                         | [E, 2Ip]                      |
-| mxfp4       | w2_weight          | nibble_split(chunk)                                | [E, H, Ip/2] uint8            |
+| mxfp4       | w2_weight          | nibble_split(chunk), fp4_mma_tiles,                | [E, H, Ip/2] uint8            |
+|             |                    | fp4_bf16_bits (*)                                  |                               |
 | mxfp4       | w2_weight_scale    | transpose_last2                                    | [E, Ip/32, H] uint8           |
 | fp8_*       | w13_weight         | interleave_gate_up (gated)                         | [E, 2Ip, H] float8_e4m3fn     |
 | anything else                    | (none: stored = logical)                           |                               |
+
+(*) where rows % 16 == 0 and K % 64 == 0 (`mma_tiles_fit`); other shapes keep the nibble-split bytes.
 
 Why:
 - `interleave_gate_up`: rows (2j, 2j+1) = (gate_j, up_j). One `tl.dot` over a tile of 2*BN stored rows
@@ -22,6 +26,13 @@ Why:
   nibbles with the first half of the activation chunk and the high nibbles with the second half:
   two plain dots, no in-register interleave of unpacked values. chunk = 64 when K % 64 == 0 (each half
   is then exactly one e8m0 scale group), else 32.
+- `fp4_mma_tiles`: each group of 16 rows is stored as 512-byte tiles of [16 rows, 32 bytes] in the
+  order of Hopper's wgmma register operand (and of mma.sync's 16x16 fragments): a thread's 16 bytes of a
+  K-step (rows n and n+8, byte pairs j, j+1 at four K offsets) are contiguous, so it loads them with one
+  16-byte vector instead of eight 2-byte loads plus byte shuffles.
+- `fp4_bf16_bits`: inside each 4-byte word (after the tiles: bytes (n, j), (n, j+1), (n+8, j), (n+8, j+1)),
+  the 8 codes are re-placed so that each bf16x2 operand register falls out of one AND (and one shift, or
+  four operations for the last pair): the kernel's FP4 decode drops from ~22 to ~13 instructions a word.
 - `transpose_last2` on e8m0 scales: [.., N, K/32] -> [.., K/32, N], so a program's per-K-step scale load
   is contiguous along N (coalesced) instead of one byte per row.
 """
@@ -33,6 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import PlanError
+from .aiter import _SameShapePermutation
 from .transform import Transform, register
 
 
@@ -98,6 +110,83 @@ class NibbleSplit(Transform):
         return (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous()
 
 
+def mma_tiles_fit(rows: int, k_elements: int) -> bool:
+    """Whether a packed-FP4 tensor of `rows` rows of `k_elements` values takes `fp4_mma_tiles`."""
+    return rows % 16 == 0 and k_elements % 64 == 0
+
+
+@register
+@dataclass(frozen=True)
+class Fp4MmaTiles(_SameShapePermutation):
+    """[..., N, B] uint8 (B = K/2 bytes; N % 16 == 0, B % 32 == 0) -> same shape. Rows 16g..16g+15 hold
+    the B/32 tiles of [16 rows, 32 bytes] one after another; inside tile t, byte (n, j) (row 16g + n,
+    byte 32t + j) sits at offset o with bits, high to low, (n2 n1 n0 j2 j1 j4 j3 n3 j0): offset
+    16 * lane + register of the wgmma / mma.sync operand layout, lane = (n % 8, j // 2 % 4),
+    register = (j // 16, j // 8 % 2, n // 8, j % 2)."""
+
+    name = "triton_fp4_mma_tiles"
+
+    def view_permutation(self, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """x viewed [L, G, n3, n2, n1, n0, T, j4, j3, j2, j1, j0] -> [L, G, T, n2, n1, n0, j2, j1, j4, j3, n3, j0]."""
+        N, B = x.shape[-2], x.shape[-1]
+        if x.dtype != torch.uint8 or x.dim() < 2 or N % 16 or B % 32:
+            raise PlanError(f"{self.name}: needs uint8 [..., N, B] with N % 16 == 0 and B % 32 == 0, "
+                            f"got {x.dtype} {tuple(x.shape)}")
+        lead = math.prod(x.shape[:-2])
+        return (lead, N // 16, 2, 2, 2, 2, B // 32, 2, 2, 2, 2, 2), (0, 1, 6, 3, 4, 5, 9, 10, 7, 8, 2, 11)
+
+
+# Fp4Bf16Bits: where each code of a word goes, as (sign bit, magnitude bits m2, m1, m0) of the 32-bit
+# little-endian word; order: low nibbles of bytes 0..3, then high nibbles of bytes 0..3.
+_FP4_BITS = (
+    (15, 8, 7, 6), (31, 24, 23, 22),       # (w) & M                     -> bf16x2 (lo b0, lo b1)
+    (12, 5, 4, 3), (28, 21, 20, 19),       # (w << 3) & M                -> (lo b2, lo b3)
+    (9, 2, 1, 0), (25, 18, 17, 16),        # (w << 6) & M                -> (hi b0, hi b1)
+    (11, 10, 14, 13), (27, 26, 30, 29),    # (((w >> 7) & 0xD800D8) * 0x821) & M -> (hi b2, hi b3)
+)
+
+
+@register
+@dataclass(frozen=True)
+class Fp4Bf16Bits(Transform):
+    """[..., B] uint8 (B % 4 == 0) -> same shape: each 4-byte word (bytes b0..b3, little-endian) holds the
+    same 8 FP4 codes with their bits moved to `_FP4_BITS` (sign, m2, m1, m0 per code; codes in the order
+    lo b0, lo b1, lo b2, lo b3, hi b0, hi b1, hi b2, hi b3). With M = 0x81C081C0 (sign at bf16 bit 15,
+    magnitude at bits 8..6 of each half), the bf16x2 FP4 * 2^-126 pairs of a word w are w & M,
+    (w << 3) & M, (w << 6) & M and (((w >> 7) & 0x00D800D8) * 0x821) & M."""
+
+    name = "triton_fp4_bf16_bits"
+
+    def _words(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.dim() < 1 or x.shape[-1] % 4:
+            raise PlanError(f"{self.name}: needs uint8 [..., B] with B % 4 == 0, got {x.dtype} {tuple(x.shape)}")
+        b = x.reshape(-1, 4).to(torch.int64)
+        return b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16) | (b[:, 3] << 24)
+
+    @staticmethod
+    def _bytes(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return torch.stack([(w >> s) & 0xFF for s in (0, 8, 16, 24)], dim=-1).to(torch.uint8).reshape(like.shape)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._words(x)
+        out = torch.zeros_like(w)
+        for i, bits in enumerate(_FP4_BITS):
+            code = (w >> (8 * (i % 4) + 4 * (i // 4))) & 15
+            for k, pos in enumerate(bits):                       # k = 0: sign (code bit 3), then m2, m1, m0
+                out |= ((code >> (3 - k)) & 1) << pos
+        return self._bytes(out, x)
+
+    def invert(self, y: torch.Tensor) -> torch.Tensor:
+        w = self._words(y)
+        out = torch.zeros_like(w)
+        for i, bits in enumerate(_FP4_BITS):
+            code = torch.zeros_like(w)
+            for k, pos in enumerate(bits):
+                code |= ((w >> pos) & 1) << (3 - k)
+            out |= code << (8 * (i % 4) + 4 * (i // 4))
+        return self._bytes(out, y)
+
+
 @register
 @dataclass(frozen=True)
 class TransposeLast2(Transform):
@@ -116,6 +205,18 @@ class TransposeLast2(Transform):
         return y.transpose(-1, -2).contiguous()
 
 
+def ends_in_mma_tiles(steps) -> bool:
+    """Whether an MXFP4 weight's rank-local steps end in `fp4_mma_tiles`, `fp4_bf16_bits` (the kernels' TILED
+    read; folders converted before those steps existed end in `nibble_split`). Either step anywhere else is
+    a layout the kernels cannot read: PlanError."""
+    kinds = [type(s) for s in steps]
+    tiled = kinds[-2:] == [Fp4MmaTiles, Fp4Bf16Bits]
+    if kinds.count(Fp4MmaTiles) + kinds.count(Fp4Bf16Bits) != (2 if tiled else 0):
+        raise PlanError("fp4_mma_tiles and fp4_bf16_bits must be the last two steps, in that order, got "
+                        + " -> ".join(s.name for s in steps))
+    return tiled
+
+
 def triton_local_steps(role: str, quant: str, gated: bool, local_shape: tuple[int, ...]) -> tuple[Transform, ...]:
     """The rank-local steps from the logical tensor of `role` (shape `local_shape`) to the stored Triton layout."""
     steps: list[Transform] = []
@@ -124,9 +225,12 @@ def triton_local_steps(role: str, quant: str, gated: bool, local_shape: tuple[in
     if quant == "mxfp4":
         if role in ("w13_weight", "w2_weight"):
             steps.append(NibbleSplit(chunk=mxfp4_k_chunk(2 * local_shape[-1])))
+            if mma_tiles_fit(local_shape[-2], 2 * local_shape[-1]):
+                steps += [Fp4MmaTiles(), Fp4Bf16Bits()]
         elif role in ("w13_weight_scale", "w2_weight_scale"):
             steps.append(TransposeLast2())
     return tuple(steps)
 
 
-__all__ = ["InterleaveGateUp", "NibbleSplit", "TransposeLast2", "mxfp4_k_chunk", "triton_local_steps"]
+__all__ = ["Fp4Bf16Bits", "Fp4MmaTiles", "InterleaveGateUp", "NibbleSplit", "TransposeLast2", "ends_in_mma_tiles",
+           "mma_tiles_fit", "mxfp4_k_chunk", "triton_local_steps"]

@@ -133,8 +133,15 @@ class MoELayer:
                                    E_l=len(self.experts), H=self.hidden, Ip=rows // 2 if self.gated else rows,
                                    add_w2_bias=self.add_w2_bias,
                                    small_scales=self.quant == "mxfp4" and small_scales(
-                                       self.stored.get("w13_weight_scale"), self.stored.get("w2_weight_scale")))
+                                       self.stored.get("w13_weight_scale"), self.stored.get("w2_weight_scale")),
+                                   fp4_tiles=tuple(self._fp4_tiles(role) for role in ("w13_weight", "w2_weight")))
         return fused_moe(x, w.to(torch.float32), self.local_ids(ids), self.stored, self._triton)
+
+    def _fp4_tiles(self, role: str) -> bool:
+        """Whether `role` is stored in the MXFP4 mma tiles (folders converted before they existed are not)."""
+        from ..layouts.triton import ends_in_mma_tiles
+
+        return role in self.chains and ends_in_mma_tiles(self.chains[role].local_steps)
 
     def _run_vendor(self, kernel: str) -> torch.Tensor:
         """Hook for aiter's / flashinfer's fused MoE on their own hardware: not wired in this build."""

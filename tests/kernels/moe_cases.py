@@ -19,6 +19,8 @@ CASES = {
     # name: (quant, activation, gated, has_bias, T, E, k, H, Ip)
     "mxfp4_swiglu_bias": ("mxfp4", Activation("swiglu_oai", alpha=1.702, limit=7.0), True, True, 7, 4, 2, 128, 64),
     "mxfp4_silu_limit_chunk32": ("mxfp4", Activation("silu", limit=10.0), True, False, 5, 3, 2, 96, 96),
+    # w13 [3, 192, 96 bytes] in mma tiles (192 rows: a partial 128-row tile), w2 (K = 96) nibble-split only
+    "mxfp4_tiles_w13_only": ("mxfp4", Activation("swiglu_oai", alpha=1.702, limit=7.0), True, True, 6, 3, 2, 192, 96),
     "fp8_block_silu": ("fp8_block", Activation("silu"), True, False, 6, 4, 2, 192, 160),
     "fp8_tensor_relu2": ("fp8_tensor", Activation("relu2"), False, False, 6, 4, 2, 64, 48),
     "fp8_tensor_silu": ("fp8_tensor", Activation("silu"), True, False, 5, 3, 3, 64, 32),

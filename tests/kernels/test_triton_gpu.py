@@ -89,6 +89,49 @@ def test_mxfp4_scale_fold_is_bit_identical():
 
 
 @cuda
+@pytest.mark.parametrize("name", ["mxfp4_swiglu_bias", "mxfp4_tiles_w13_only"])
+@pytest.mark.parametrize("fold", [False, True])
+def test_mxfp4_mma_tiles_same_bits_as_nibble_split(name, fold):
+    """Weights stored in `triton_fp4_mma_tiles` + `triton_fp4_bf16_bits` order (what the layout writes where
+    they fit) and the same weights without those two steps (folders converted before they existed) give
+    the same bits, for every shipped MXFP4 config and plain / swap-AB tiles at block_m 16 and 64 (the PTX
+    decode reads whole 32-bit words, so this pins the register layout Triton gives them); fp16 activations
+    (the portable decode, compiled for the GPU) stay within tolerance of float64."""
+    import dataclasses
+
+    from moepack.kernels.configs import GemmConfig, MoEConfig, shipped_configs
+    from moepack.kernels.triton_moe import MoEMeta, fused_moe
+    from moepack.layouts.triton import Fp4Bf16Bits, Fp4MmaTiles
+    x, tw, ids, local, stored, meta = make_case(name, seed=29, x_dtype=torch.bfloat16)
+    tiled_roles = [r for r in ("w13_weight", "w2_weight") if r in stored and stored[r].shape[-2] % 16 == 0
+                   and stored[r].shape[-1] % 32 == 0]
+    assert tiled_roles == (["w13_weight", "w2_weight"] if name == "mxfp4_swiglu_bias" else ["w13_weight"])
+    st = _to(stored, "cuda")
+    if fold:
+        g = torch.Generator().manual_seed(5)
+        for role in ("w13_weight_scale", "w2_weight_scale"):
+            st[role] = torch.randint(100, 129, st[role].shape, generator=g, dtype=torch.int32).to(torch.uint8).cuda()
+    flat = {r: (Fp4MmaTiles().invert(Fp4Bf16Bits().invert(t)) if r in tiled_roles else t) for r, t in st.items()}
+    tiled_meta = dataclasses.replace(MoEMeta(**meta), small_scales=fold)
+    assert tiled_meta.fp4_tiles is None
+    flat_meta = dataclasses.replace(tiled_meta, fp4_tiles=(False, False))
+    cfgs = shipped_configs("mxfp4") + [
+        MoEConfig(per_pair=pp, block_m=bm, gemm1=GemmConfig(64, bk, 4, 2, sw), gemm2=GemmConfig(64, bk, 4, 2, sw))
+        for pp, bm, bk, sw in ((False, 16, 64, True), (True, 16, 256, False), (False, 64, 128, True),
+                               (False, 64, 64, False))]
+    args = (x.cuda(), tw.cuda(), ids.cuda())
+    for cfg in cfgs:
+        a = fused_moe(*args, st, tiled_meta, config=cfg)
+        b = fused_moe(*args, flat, flat_meta, config=cfg)
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), cfg
+    if not fold:
+        ref = expected64(x, tw, ids, local)
+        assert rel_err(a, ref) < TOLERANCE["mxfp4"]
+        half = fused_moe(x.half().cuda(), tw.cuda(), ids.cuda(), st, tiled_meta, config=cfgs[0])
+        assert rel_err(half, ref) < TOLERANCE["mxfp4"]
+
+
+@cuda
 @pytest.mark.parametrize("name", ["fp8_block_silu", "fp8_tensor_silu"])
 @pytest.mark.parametrize("per_pair,prequant", [(False, False), (False, True), (True, False)])
 @pytest.mark.parametrize("swap", [False, True])
