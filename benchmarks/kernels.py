@@ -186,7 +186,10 @@ def sweep_candidates(quant: str, M: int) -> list[tuple[tuple, list]]:
                                                         (128, 128, 8, 3), (256, 128, 8, 3), (128, 128, 4, 4),
                                                         (128, 64, 8, 4))
         bm = 64 if M <= 1024 else 128
-        return [((False, bm, False), gs), ((False, 2 * bm, False), sw((128, 64, 8, 3), (256, 64, 8, 3)))]
+        opts = [((False, bm, False), gs), ((False, 2 * bm, False), sw((128, 64, 8, 3), (256, 64, 8, 3)))]
+        if M > 1024:
+            opts.append(((False, 64, False), sw((128, 128, 4, 3), (128, 128, 4, 4), (128, 64, 8, 4), (256, 64, 8, 4))))
+        return opts
     return [(opt, gs + [dataclasses.replace(g, tma=True) for g in gs]) for opt, gs in _fp8_candidates(M)]
 
 
