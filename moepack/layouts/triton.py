@@ -38,6 +38,7 @@ Why:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -157,34 +158,42 @@ class Fp4Bf16Bits(Transform):
 
     name = "triton_fp4_bf16_bits"
 
-    def _words(self, x: torch.Tensor) -> torch.Tensor:
+    def _permute_bits(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+        """Each 4-byte word of x (little-endian, as the files store it) -> the OR of its two 16-bit halves'
+        images (`_bit_tables`)."""
         if x.dtype != torch.uint8 or x.dim() < 1 or x.shape[-1] % 4:
             raise PlanError(f"{self.name}: needs uint8 [..., B] with B % 4 == 0, got {x.dtype} {tuple(x.shape)}")
-        b = x.reshape(-1, 4).to(torch.int64)
-        return b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16) | (b[:, 3] << 24)
-
-    @staticmethod
-    def _bytes(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return torch.stack([(w >> s) & 0xFF for s in (0, 8, 16, 24)], dim=-1).to(torch.uint8).reshape(like.shape)
+        low, high = (t.to(x.device) for t in _bit_tables(inverse))
+        h = x.contiguous().view(torch.int16).reshape(-1, 2).long() & 0xFFFF
+        return (low[h[:, 0]] | high[h[:, 1]]).view(torch.uint8).reshape(x.shape)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._words(x)
-        out = torch.zeros_like(w)
-        for i, bits in enumerate(_FP4_BITS):
-            code = (w >> (8 * (i % 4) + 4 * (i // 4))) & 15
-            for k, pos in enumerate(bits):                       # k = 0: sign (code bit 3), then m2, m1, m0
-                out |= ((code >> (3 - k)) & 1) << pos
-        return self._bytes(out, x)
+        return self._permute_bits(x, inverse=False)
 
     def invert(self, y: torch.Tensor) -> torch.Tensor:
-        w = self._words(y)
-        out = torch.zeros_like(w)
-        for i, bits in enumerate(_FP4_BITS):
-            code = torch.zeros_like(w)
-            for k, pos in enumerate(bits):
-                code |= ((w >> pos) & 1) << (3 - k)
-            out |= code << (8 * (i % 4) + 4 * (i // 4))
-        return self._bytes(out, y)
+        return self._permute_bits(y, inverse=True)
+
+
+@functools.cache
+def _bit_tables(inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two [65536] int32 tables: the word bits set by each value of a word's low and high 16-bit half, for
+    `Fp4Bf16Bits.apply` (or its inverse). `_FP4_BITS` is a permutation of the 32 word bits (code i's bit c,
+    bit 8 * (i % 4) + 4 * (i // 4) + c of the plain word, goes to _FP4_BITS[i][3 - c]), so a word's image
+    is the OR of its halves' images, in either direction."""
+    dest = [0] * 32
+    for i, bits in enumerate(_FP4_BITS):
+        for c in range(4):
+            dest[8 * (i % 4) + 4 * (i // 4) + c] = bits[3 - c]
+    assert sorted(dest) == list(range(32))
+    to = [dest.index(d) for d in range(32)] if inverse else dest
+    v = torch.arange(1 << 16, dtype=torch.int64)
+    halves = []
+    for half in range(2):
+        t = torch.zeros_like(v)
+        for bit in range(16):
+            t |= ((v >> bit) & 1) << to[16 * half + bit]
+        halves.append(t.to(torch.int32))      # bit 31 set -> negative int32, same bits
+    return halves[0], halves[1]
 
 
 @register
