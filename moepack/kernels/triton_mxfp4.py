@@ -22,8 +22,11 @@ float32 2^(s - 127 + 14) by writing (s + 14) into the exponent field (valid for 
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+
+from ..layouts.triton import Fp4MmaTiles
 
 
 @triton.jit
@@ -118,11 +121,23 @@ def load_tiles(w_base, mask_n, k0, K, BN: tl.constexpr, BK: tl.constexpr):
     return tl.load(w_base + k0 * 8 + c[None, :], mask=mask_g[:, None] & ok_k[None, :], other=0)
 
 
+def _untile_order() -> tuple[int, ...]:
+    """The permutation taking a step's bytes, viewed in `Fp4MmaTiles`' stored digit order (group, tile,
+    n2 n1 n0 j2 j1 j4 j3 n3 j0), back to the logical one (group, n3..n0, tile, j4..j0): read off the
+    transform itself, so the kernel cannot drift from the layout."""
+    _, perm = Fp4MmaTiles().view_permutation(torch.empty(16, 32, dtype=torch.uint8, device="meta"))
+    stored = [d - 1 for d in perm[1:]]                  # without the leading (batch) digit
+    return tuple(stored.index(d) for d in range(len(stored)))
+
+
+_UNTILE = tl.constexpr(_untile_order())
+
+
 @triton.jit
 def _from_tiles(p, BN: tl.constexpr, BK: tl.constexpr):
     """[BN/16, BK*8] (one K-step of 16-row groups, in `triton_fp4_mma_tiles` order) -> logical [BN, BK/2]."""
     p = tl.reshape(p, [BN // 16, BK // 64, 2, 2, 2, 2, 2, 2, 2, 2, 2])
-    p = tl.permute(p, (0, 9, 2, 3, 4, 1, 7, 8, 5, 6, 10))
+    p = tl.permute(p, _UNTILE.value)
     return tl.reshape(p, [BN, BK // 2])
 
 
