@@ -8,9 +8,13 @@ max_blocks = P // BLOCK_M + min(E, P) bounds sum_e ceil(count_e / BLOCK_M). Ids 
 ranks) are left out. Within an expert the order of pairs is whatever the atomics give; the result of
 the MoE does not depend on it (every pair's output row is written by exactly one program).
 
-Two launches after a memset: `_count_kernel` (atomic histogram; each pair learns its rank within its
-expert) and `_place_kernel` (every program recomputes the padded prefix sum of the E counts, which is
-cheap, and writes its share of sorted_ids, sentinels and expert_ids).
+Three launches after a memset of the E counters, each kernel short and free of [pairs x experts] work:
+- `_count_kernel`: atomic histogram; each pair learns its rank within its expert. The counters sit one
+  128-byte line apart (`COUNTER_STRIDE`) so the atomics spread over E lines of L2 instead of E / 32.
+- `_layout_kernel`, one program per expert: the padded prefix sum of the E counts (cheap, recomputed by
+  each), this expert's start slot (for the next launch), its blocks' expert id and its padding sentinels,
+  and an equal share of the slots and blocks past the used range.
+- `_place_kernel`: every pair to slot start[expert] + rank.
 """
 from __future__ import annotations
 
@@ -20,76 +24,98 @@ import triton.language as tl
 
 from .pdl import wait_for_previous_grid
 
+COUNTER_STRIDE = 32     # int32s between two experts' counters: one 128-byte L2 line each
+
 
 def max_blocks(num_pairs: int, num_experts: int, block_m: int) -> int:
     return num_pairs // block_m + min(num_experts, num_pairs)
 
 
 @triton.jit
-def _count_kernel(ids_ptr, counts_ptr, rank_ptr, P, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _count_kernel(ids_ptr, counts_ptr, rank_ptr, P, BLOCK: tl.constexpr, STRIDE: tl.constexpr,
+                  PDL: tl.constexpr):
     wait_for_previous_grid(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1)
     ok = ids >= 0
-    rank = tl.atomic_add(counts_ptr + tl.where(ok, ids, 0), tl.where(ok, 1, 0), mask=ok)
+    rank = tl.atomic_add(counts_ptr + tl.where(ok, ids, 0) * STRIDE, tl.where(ok, 1, 0), mask=ok,
+                         sem="relaxed")
     tl.store(rank_ptr + offs, rank, mask=ok)
 
 
 @triton.jit
-def _padded_layout(counts_ptr, E, BLOCK_M: tl.constexpr, E_POW2: tl.constexpr):
-    e = tl.arange(0, E_POW2)
-    c = tl.load(counts_ptr + e, mask=e < E, other=0)
+def _layout_kernel(counts_ptr, starts_ptr, sorted_ptr, expert_ids_ptr, num_blocks_ptr,
+                   P, E, n_slots, n_blocks_max,
+                   BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, STRIDE: tl.constexpr, CH: tl.constexpr,
+                   PDL: tl.constexpr):
+    wait_for_previous_grid(PDL)
+    e = tl.program_id(0)
+    ex = tl.arange(0, E_POW2)
+    c = tl.load(counts_ptr + ex * STRIDE, mask=ex < E, other=0)
     padded = (c + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     ends = tl.cumsum(padded, axis=0)
-    return e, c, padded, ends
+    total = tl.sum(padded, axis=0)
+    mine = ex == e
+    start = tl.sum(tl.where(mine, ends - padded, 0), axis=0)
+    count = tl.sum(tl.where(mine, c, 0), axis=0)
+    span = tl.sum(tl.where(mine, padded, 0), axis=0)
+    tl.store(starts_ptr + e, start)
+    if e == 0:
+        tl.store(num_blocks_ptr, total // BLOCK_M)
+    # this expert's padding slots (fewer than BLOCK_M) and its blocks
+    j = tl.arange(0, BLOCK_M)
+    tl.store(sorted_ptr + start + count + j, P + j * 0, mask=j < span - count)
+    jc = tl.arange(0, CH)
+    first_block = start // BLOCK_M
+    for b0 in range(0, span // BLOCK_M, CH):
+        tl.store(expert_ids_ptr + first_block + b0 + jc, e + jc * 0, mask=b0 + jc < span // BLOCK_M)
+    # share e of what lies past the used range: slots [total, n_slots) and blocks [total / BLOCK_M, n_blocks_max)
+    tail = n_slots - total
+    share = (tail + E - 1) // E
+    lo = total + e * share
+    hi = tl.minimum(lo + share, n_slots)
+    for s0 in range(lo, hi, CH):
+        tl.store(sorted_ptr + s0 + jc, P + jc * 0, mask=s0 + jc < hi)
+    btail = n_blocks_max - total // BLOCK_M
+    bshare = (btail + E - 1) // E
+    blo = total // BLOCK_M + e * bshare
+    bhi = tl.minimum(blo + bshare, n_blocks_max)
+    for b0 in range(blo, bhi, CH):
+        tl.store(expert_ids_ptr + b0 + jc, jc * 0 - 1, mask=b0 + jc < bhi)
 
 
 @triton.jit
-def _place_kernel(ids_ptr, counts_ptr, rank_ptr, sorted_ptr, expert_ids_ptr, num_blocks_ptr,
-                  P, E, n_slots, n_blocks_max,
-                  BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, PDL: tl.constexpr):
+def _place_kernel(ids_ptr, rank_ptr, starts_ptr, sorted_ptr, P, BLOCK: tl.constexpr, PDL: tl.constexpr):
     wait_for_previous_grid(PDL)
-    pid = tl.program_id(0)
-    e, c, padded, ends = _padded_layout(counts_ptr, E, BLOCK_M, E_POW2)
-    total = tl.sum(padded, axis=0)
-    if pid == 0:
-        tl.store(num_blocks_ptr, total // BLOCK_M)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    # 1) every pair to its slot
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1)
     ok = ids >= 0
     rank = tl.load(rank_ptr + offs, mask=ok, other=0)
-    start = tl.sum(tl.where(e[None, :] < ids[:, None], padded[None, :], 0), axis=1)
+    start = tl.load(starts_ptr + ids, mask=ok, other=0)
     tl.store(sorted_ptr + start + rank, offs, mask=ok)
-    # 2) sentinels in padding slots (and in every slot past the used range)
-    slot_expert = tl.sum(tl.where(ends[None, :] <= offs[:, None], 1, 0), axis=1)      # expert owning slot
-    s_start = tl.sum(tl.where(e[None, :] < slot_expert[:, None], padded[None, :], 0), axis=1)
-    s_count = tl.sum(tl.where(e[None, :] == slot_expert[:, None], c[None, :], 0), axis=1)
-    is_pad = (offs - s_start >= s_count) | (offs >= total)
-    tl.store(sorted_ptr + offs, tl.where(is_pad, P, 0), mask=is_pad & (offs < n_slots))
-    # 3) expert of each block
-    b_first = offs * BLOCK_M
-    b_expert = tl.sum(tl.where(ends[None, :] <= b_first[:, None], 1, 0), axis=1)
-    tl.store(expert_ids_ptr + offs, tl.where(b_first < total, b_expert, -1), mask=offs < n_blocks_max)
 
 
 def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, pdl: bool = False):
     """topk_ids [T, k] int32 local ids (-1 = skip) -> (sorted_ids, expert_ids, num_blocks), see module doc.
     pdl: launch as programmatic dependents (triton_moe.pdl_enabled)."""
     P = topk_ids.numel()
+    E = num_experts
     dev = topk_ids.device
-    nb = max_blocks(P, num_experts, block_m)
+    nb = max_blocks(P, E, block_m)
     n_slots = nb * block_m
     ids = topk_ids.reshape(-1)
-    counts = torch.zeros(num_experts, dtype=torch.int32, device=dev)
+    counts = torch.zeros(E * COUNTER_STRIDE, dtype=torch.int32, device=dev)
     rank = torch.empty(P, dtype=torch.int32, device=dev)
+    starts = torch.empty(E, dtype=torch.int32, device=dev)
     sorted_ids = torch.empty(n_slots, dtype=torch.int32, device=dev)
     expert_ids = torch.empty(nb, dtype=torch.int32, device=dev)
     num_blocks = torch.empty(1, dtype=torch.int32, device=dev)
-    BLOCK = 128
-    _count_kernel[(triton.cdiv(P, BLOCK),)](ids, counts, rank, P, BLOCK=BLOCK, PDL=pdl, launch_pdl=pdl)
-    grid = (triton.cdiv(max(P, n_slots, nb), BLOCK),)
-    _place_kernel[grid](ids, counts, rank, sorted_ids, expert_ids, num_blocks, P, num_experts, n_slots, nb,
-                        BLOCK=BLOCK, BLOCK_M=block_m, E_POW2=triton.next_power_of_2(num_experts), PDL=pdl,
-                        launch_pdl=pdl)
+    BLOCK = 256
+    _count_kernel[(triton.cdiv(P, BLOCK),)](ids, counts, rank, P, BLOCK=BLOCK, STRIDE=COUNTER_STRIDE, PDL=pdl,
+                                             launch_pdl=pdl)
+    _layout_kernel[(E,)](counts, starts, sorted_ids, expert_ids, num_blocks, P, E, n_slots, nb,
+                         BLOCK_M=block_m, E_POW2=triton.next_power_of_2(E), STRIDE=COUNTER_STRIDE, CH=128,
+                         PDL=pdl, launch_pdl=pdl)
+    _place_kernel[(triton.cdiv(P, BLOCK),)](ids, rank, starts, sorted_ids, P, BLOCK=BLOCK, PDL=pdl,
+                                             launch_pdl=pdl)
     return sorted_ids, expert_ids, num_blocks

@@ -3,18 +3,12 @@ interpreter or compiler when a kernel is decorated, so the flag must be set befo
 imported, which this process may already have done). Every format and activation, both routing paths
 (sorted blocks, per-pair decode), plain and swap-AB tiles, FP8 weight tiles by pointer loads and by TMA
 descriptors, float32 and float16 activations, against float64 from the logical tensors."""
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from interp import run_interpreted
 from moe_cases import CASES
 from moepack.kernels.reference import TOLERANCE
 
-HERE = Path(__file__).parent
 # float32/float16 activations: mxfp4 is exact up to fp16 intermediates; fp8 quantizes activations
 # (4% is the e4m3 rounding of two GEMM inputs), and is checked to 1e-4 against the emulated rounding.
 PLAIN_TOL = {"mxfp4": 2e-3, "fp8_block": TOLERANCE["fp8_block"], "fp8_tensor": TOLERANCE["fp8_tensor"]}
@@ -23,11 +17,7 @@ EMULATED_TOL = {"fp8_block": 1e-4, "fp8_tensor": 1e-4}
 
 @pytest.fixture(scope="module")
 def interp_results():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, str(HERE / "interp_runner.py")], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted("interp_runner.py")
 
 
 @pytest.mark.parametrize("name", list(CASES))
