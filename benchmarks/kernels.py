@@ -189,6 +189,10 @@ def sweep_candidates(quant: str, M: int) -> list[tuple[tuple, list]]:
         opts = [((False, bm, False), gs), ((False, 2 * bm, False), sw((128, 64, 8, 3), (256, 64, 8, 3)))]
         if M > 1024:
             opts.append(((False, 64, False), sw((128, 128, 4, 3), (128, 128, 4, 4), (128, 64, 8, 4), (256, 64, 8, 4))))
+            # fewer stages / 4 warps: smaller programs, so two can share a multiprocessor and one's decode
+            # overlaps the other's wgmma
+            opts.append(((False, bm, False), sw((128, 128, 4, 2), (128, 64, 4, 3), (128, 64, 4, 2), (128, 64, 8, 2),
+                                                (64, 128, 4, 3), (64, 128, 4, 2))))
         return opts
     return [(opt, gs + [dataclasses.replace(g, tma=True) for g in gs]) for opt, gs in _fp8_candidates(M)]
 

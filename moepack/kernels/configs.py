@@ -6,7 +6,8 @@ triton 3.6, 2026-11-23; see docs/KERNEL_NOTES.md, version 6: swap-AB tiles added
 M <= 8 and deeper pipelines for FP8 at M = 8..1024, benchmarks/kernels-sweep-h100-2026-11-23-fp8.json;
 version 9: FP8 weight tiles through TMA descriptors, benchmarks/kernels-sweep-h100-2026-11-23-tma{,2}.json;
 version 10: gemm1 tiles of 256 gated columns quantize gemm2's input in their epilogue,
-benchmarks/kernels-sweep-h100-2026-11-23-qout.json).
+benchmarks/kernels-sweep-h100-2026-11-23-qout.json; version 12: MXFP4 scale codes loaded one K-step ahead, gpt-oss
+M <= 256 re-swept, benchmarks/kernels-sweep-h100-2026-11-24-prefetch.json).
 Any other shape uses the table of the nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
@@ -67,10 +68,10 @@ G = GemmConfig
 # (quant, H, Ip) -> {M bucket: (per_pair, block_m, prequant, gemm1, gemm2)}; H100 sweep winners
 TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
     ("mxfp4", 2880, 2880): {                      # gpt-oss-120b, E=128, top-4
-        1: (True, 16, False, G(128, 256, 4, 3, True), G(64, 256, 4, 3, True)),
-        8: (True, 16, False, G(128, 256, 4, 3, True), G(128, 256, 4, 3, True)),    # per pair
-        64: (False, 16, False, G(128, 128, 4, 3, True), G(128, 256, 4, 3, True)),
-        256: (False, 16, False, G(128, 128, 4, 3, True), G(128, 256, 4, 3, True)),
+        1: (True, 16, False, G(64, 256, 4, 3, True), G(64, 256, 4, 3, True)),
+        8: (False, 16, False, G(64, 256, 4, 3, True), G(64, 128, 4, 3, True)),
+        64: (False, 16, False, G(64, 256, 4, 3, True), G(64, 256, 4, 3, True)),
+        256: (False, 16, False, G(64, 256, 4, 3, True), G(64, 256, 4, 3, True)),
         1024: (False, 64, False, G(128, 128, 4, 3, True), G(128, 128, 4, 3, True)),
         4096: (False, 128, False, G(128, 64, 8, 4, True), G(128, 128, 4, 3, True)),
         16384: (False, 128, False, G(128, 64, 8, 4, True), G(128, 128, 4, 3, True)),

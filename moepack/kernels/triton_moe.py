@@ -25,7 +25,7 @@ from . import configs
 from .align import max_blocks, moe_align
 from .pdl import wait_for_previous_grid
 from .triton_fp8 import fp8_block_step, fp8_tensor_step, quant_rows, quantize_groups
-from .triton_mxfp4 import mxfp4_step
+from .triton_mxfp4 import mxfp4_scales, mxfp4_step
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # Programmatic dependent launch (Hopper and later): each launch of the layer may start while the previous
@@ -162,9 +162,12 @@ def _moe_gemm(
         s_base = WS + e * stride_se + offs_n[None, :] * stride_s2
         if TILED:
             w_base = W + e * stride_we + (pid_n * BN + 16 * tl.arange(0, BN // 16)).to(tl.int64)[:, None] * stride_wn
+        s_lo, s_hi = mxfp4_scales(s_base, stride_s1, mask_n, 0, K, BK, CH)
         for k0 in range(0, K, BK):
-            acc = mxfp4_step(acc, a_base, a_mask, w_base, s_base, stride_s1, offs_n, mask_n, k0, K, BN, BK, CH,
+            s_lo_next, s_hi_next = mxfp4_scales(s_base, stride_s1, mask_n, k0 + BK, K, BK, CH)
+            acc = mxfp4_step(acc, a_base, a_mask, w_base, s_lo, s_hi, mask_n, k0, K, BN, BK, CH,
                              BF16_ASM, SWAP, FOLD, TILED)
+            s_lo, s_hi = s_lo_next, s_hi_next
     elif FMT == 1:
         if STAGE == 1 and GATED:
             srow = (offs_n % 2) * n_scale_blocks + (offs_n // 2) // 128

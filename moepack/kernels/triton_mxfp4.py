@@ -161,7 +161,20 @@ def _word_codes(p, BN: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def mxfp4_step(acc, a_base, a_mask_m, w_base, s_base, stride_sk, offs_n, mask_n, k0, K,
+def mxfp4_scales(s_base, stride_sk, mask_n, k0, K, BK: tl.constexpr, CH: tl.constexpr):
+    """The e8m0 codes of the K-step at k0: (lo, hi) [BK/CH, BN] uint8 for the low- and high-nibble halves
+    of each chunk; 127 (scale 1) past K. s_base: [1, BN] pointers to the scale columns (row stride
+    stride_sk per 32 elements). The kernel loads them one K-step ahead (a loop-carried prefetch): Triton
+    does not pipeline these small loads, and the decode would otherwise wait for them every step."""
+    run = k0 // 32 + tl.arange(0, BK // CH) * (CH // 32)
+    m_run = run < K // 32
+    s_lo = tl.load(s_base + run[:, None] * stride_sk, mask=m_run[:, None] & mask_n[None, :], other=127)
+    s_hi = tl.load(s_base + (run + CH // 64)[:, None] * stride_sk, mask=m_run[:, None] & mask_n[None, :], other=127)
+    return s_lo, s_hi
+
+
+@triton.jit
+def mxfp4_step(acc, a_base, a_mask_m, w_base, s_lo, s_hi, mask_n, k0, K,
                BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr, BF16_ASM: tl.constexpr, SWAP: tl.constexpr,
                FOLD: tl.constexpr, TILED: tl.constexpr = False):
     """acc [BM, BN] += A[:, k0:k0+BK] @ W[offs_n, k0:k0+BK].T for one K-step; with SWAP the accumulator is
@@ -169,8 +182,8 @@ def mxfp4_step(acc, a_base, a_mask_m, w_base, s_base, stride_sk, offs_n, mask_n,
     which Hopper's wgmma takes from registers, and the tokens are its narrow N side).
 
     a_base: [BM, 1] pointers to the activation rows (contiguous along K); w_base: [BN, 1] pointers to the
-    packed rows (TILED: [BN/16, 1] pointers to the 16-row groups); s_base: [1, BN] pointers to the scale
-    columns (row stride stride_sk per 32 elements)."""
+    packed rows (TILED: [BN/16, 1] pointers to the 16-row groups); s_lo, s_hi: this step's scale codes
+    (`mxfp4_scales`)."""
     offs_lo = half_offsets(BK, CH)
     k_lo = k0 + offs_lo
     m_lo = k_lo < K
@@ -181,10 +194,6 @@ def mxfp4_step(acc, a_base, a_mask_m, w_base, s_base, stride_sk, offs_n, mask_n,
     else:
         jb = k0 // 2 + tl.arange(0, BK // 2)
         wb = tl.load(w_base + jb[None, :], mask=mask_n[:, None] & (jb < K // 2)[None, :], other=0)
-    run = k0 // 32 + tl.arange(0, BK // CH) * (CH // 32)
-    m_run = run < K // 32
-    s_lo = tl.load(s_base + run[:, None] * stride_sk, mask=m_run[:, None] & mask_n[None, :], other=127)
-    s_hi = tl.load(s_base + (run + CH // 64)[:, None] * stride_sk, mask=m_run[:, None] & mask_n[None, :], other=127)
     if TILED and BF16_ASM and SWAP:
         # the PTX reads each 4-byte word as one operand: pack=4 must group a word's bytes, which holds where
         # the tiles' layout is the wgmma register operand's (swap-AB); pinned by the GPU tests
