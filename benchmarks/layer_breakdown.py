@@ -4,7 +4,7 @@ to the whole layer, for the benchmark shapes (not a test; needs a GPU).
     python benchmarks/layer_breakdown.py [--cases ds_tp1,ds_tp8,gptoss] [--ms 8,64,256,1024] [--out FILE]
 
 Pieces, in launch order (the shipped config of `moepack.kernels.configs.pick` at each M): `sort` (moe_align:
-a memset and two kernels; absent on the per-pair path), `quant x` and `quant inter` (FP8 block with
+a memset and three kernels; absent on the per-pair path), `quant x` and `quant inter` (FP8 block with
 prequant), `gemm1`, `gemm2`, `combine` (top-k sum). `rest` = whole - sum of the pieces: launch gaps and
 anything the pieces miss. Inputs as in benchmarks/kernels.py (random weights of the benchmark shapes).
 """
