@@ -44,6 +44,22 @@ def _count_kernel(ids_ptr, counts_ptr, rank_ptr, P, BLOCK: tl.constexpr, STRIDE:
 
 
 @triton.jit
+def _fill(ptr, lo, hi, value, CH: tl.constexpr):
+    """ptr[lo:hi] = value, CH entries per store."""
+    jc = tl.arange(0, CH)
+    for s0 in range(lo, hi, CH):
+        tl.store(ptr + s0 + jc, value + jc * 0, mask=s0 + jc < hi)
+
+
+@triton.jit
+def _share(lo_all, hi_all, parts, i):
+    """[lo, hi) of share i when [lo_all, hi_all) is cut into `parts` equal shares (the last may be short)."""
+    size = (hi_all - lo_all + parts - 1) // parts
+    lo = lo_all + i * size
+    return lo, tl.minimum(lo + size, hi_all)
+
+
+@triton.jit
 def _layout_kernel(counts_ptr, starts_ptr, sorted_ptr, expert_ids_ptr, num_blocks_ptr,
                    P, E, n_slots, n_blocks_max,
                    BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, STRIDE: tl.constexpr, CH: tl.constexpr,
@@ -65,23 +81,12 @@ def _layout_kernel(counts_ptr, starts_ptr, sorted_ptr, expert_ids_ptr, num_block
     # this expert's padding slots (fewer than BLOCK_M) and its blocks
     j = tl.arange(0, BLOCK_M)
     tl.store(sorted_ptr + start + count + j, P + j * 0, mask=j < span - count)
-    jc = tl.arange(0, CH)
-    first_block = start // BLOCK_M
-    for b0 in range(0, span // BLOCK_M, CH):
-        tl.store(expert_ids_ptr + first_block + b0 + jc, e + jc * 0, mask=b0 + jc < span // BLOCK_M)
+    _fill(expert_ids_ptr, start // BLOCK_M, (start + span) // BLOCK_M, e, CH)
     # share e of what lies past the used range: slots [total, n_slots) and blocks [total / BLOCK_M, n_blocks_max)
-    tail = n_slots - total
-    share = (tail + E - 1) // E
-    lo = total + e * share
-    hi = tl.minimum(lo + share, n_slots)
-    for s0 in range(lo, hi, CH):
-        tl.store(sorted_ptr + s0 + jc, P + jc * 0, mask=s0 + jc < hi)
-    btail = n_blocks_max - total // BLOCK_M
-    bshare = (btail + E - 1) // E
-    blo = total // BLOCK_M + e * bshare
-    bhi = tl.minimum(blo + bshare, n_blocks_max)
-    for b0 in range(blo, bhi, CH):
-        tl.store(expert_ids_ptr + b0 + jc, jc * 0 - 1, mask=b0 + jc < bhi)
+    lo, hi = _share(total, n_slots, E, e)
+    _fill(sorted_ptr, lo, hi, P, CH)
+    lo, hi = _share(total // BLOCK_M, n_blocks_max, E, e)
+    _fill(expert_ids_ptr, lo, hi, -1, CH)
 
 
 @triton.jit
