@@ -58,9 +58,18 @@ def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
-def bench_gptoss(R, Ms, rows, tk_dir):
-    E, H, I, k = 128, 2880, 2880, 4
-    L = TkLayer(tk_dir, E, H, I, k)
+def peer_layer(case: str):
+    """The peer's layer of a benchmark case (SHAPES), its sources read from .peer/."""
+    quant, E, k, H, I = SHAPES[case]
+    if quant == "mxfp4":
+        return TkLayer(os.path.join(ROOT, ".peer", "tk"), E, H, I, k)
+    sg = os.path.join(ROOT, ".peer", "sg")
+    return PeerLayer(load_peer(sg), E, H, I, k, True, tuned_configs(sg, E, I, True))
+
+
+def bench_gptoss(R, Ms, rows):
+    _, E, k, H, I = SHAPES["gptoss"]
+    L = peer_layer("gptoss")
     logical = {"w13_weight": deinterleave(L.q13), "w13_weight_scale": deinterleave(L.s13),
                "w13_bias": deinterleave(L.b13), "w2_weight": L.q2, "w2_weight_scale": L.s2, "w2_bias": L.b2}
     stored = to_triton("mxfp4", True, logical)
@@ -88,10 +97,9 @@ def bench_gptoss(R, Ms, rows, tk_dir):
     torch.cuda.empty_cache()
 
 
-def bench_deepseek(R, Ms, rows, peer_dir, I, label):
-    E, H, k = 256, 7168, 8
-    pk = load_peer(peer_dir)
-    L = PeerLayer(pk, E, H, I, k, True, tuned_configs(peer_dir, E, I, True))
+def bench_deepseek(R, Ms, rows, case, label):
+    _, E, k, H, I = SHAPES[case]
+    L = peer_layer(case)
     logical = {"w13_weight": L.w13, "w13_weight_scale": L.s13, "w2_weight": L.w2, "w2_weight_scale": L.s2}
     stored = to_triton("fp8_block", True, logical)
     stored["w2_weight"] = L.w2                     # unchanged by the layout: share, do not copy
@@ -185,14 +193,14 @@ def sweep_candidates(quant: str, M: int) -> list[tuple[tuple, list]]:
         gs = [G(128, 128, 4, 3), G(128, 64, 8, 3)] + sw((128, 128, 4, 3), (128, 64, 8, 3), (256, 64, 8, 3),
                                                         (128, 128, 8, 3), (256, 128, 8, 3), (128, 128, 4, 4),
                                                         (128, 64, 8, 4))
+        if M > 1024:    # fewer stages / 4 warps: smaller programs, so two can share a multiprocessor and one's
+            # decode overlaps the other's wgmma
+            gs += sw((128, 128, 4, 2), (128, 64, 4, 3), (128, 64, 4, 2), (128, 64, 8, 2), (64, 128, 4, 3),
+                     (64, 128, 4, 2))
         bm = 64 if M <= 1024 else 128
         opts = [((False, bm, False), gs), ((False, 2 * bm, False), sw((128, 64, 8, 3), (256, 64, 8, 3)))]
         if M > 1024:
             opts.append(((False, 64, False), sw((128, 128, 4, 3), (128, 128, 4, 4), (128, 64, 8, 4), (256, 64, 8, 4))))
-            # fewer stages / 4 warps: smaller programs, so two can share a multiprocessor and one's decode
-            # overlaps the other's wgmma
-            opts.append(((False, bm, False), sw((128, 128, 4, 2), (128, 64, 4, 3), (128, 64, 4, 2), (128, 64, 8, 2),
-                                                (64, 128, 4, 3), (64, 128, 4, 2))))
         return opts
     return [(opt, gs + [dataclasses.replace(g, tma=True) for g in gs]) for opt, gs in _fp8_candidates(M)]
 
@@ -390,15 +398,14 @@ def main():
     rows = []
     result = {"device": dev, "torch": torch.__version__, "triton": triton.__version__, "roofs": R, "rows": rows,
               "date": time.strftime("%Y-%m-%d")}
-    peer = os.path.join(ROOT, ".peer")
     for case in a.cases.split(","):
         try:
             if case == "gptoss":
-                bench_gptoss(R, Ms, rows, os.path.join(peer, "tk"))
+                bench_gptoss(R, Ms, rows)
             elif case == "ds_tp8":
-                bench_deepseek(R, Ms, rows, os.path.join(peer, "sg"), 256, "TP8")
+                bench_deepseek(R, Ms, rows, case, "TP8")
             elif case == "ds_tp1":
-                bench_deepseek(R, Ms, rows, os.path.join(peer, "sg"), 2048, "TP1")
+                bench_deepseek(R, Ms, rows, case, "TP1")
         except Exception as exc:  # keep the other cases' numbers
             import traceback
             traceback.print_exc()

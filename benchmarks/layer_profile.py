@@ -14,7 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kernels import ROOT, SHAPES, _inputs, random_stored  # noqa: E402
+from kernels import SHAPES, _inputs, peer_layer, random_stored  # noqa: E402
 
 from moepack.kernels.triton_moe import fused_moe  # noqa: E402
 
@@ -57,12 +57,12 @@ def main():
         del st
         torch.cuda.empty_cache()
     if "gptoss" in a.cases:
-        from peer_bench import TkLayer
-        L = TkLayer(os.path.join(ROOT, ".peer", "tk"), 128, 2880, 2880, 4)
+        _, E, _, H, _ = SHAPES["gptoss"]
+        L = peer_layer("gptoss")
         for M in map(int, a.ms.split(",")):
             g = torch.Generator(device="cuda").manual_seed(1)
-            x = torch.randn(M, 2880, device="cuda", generator=g).to(torch.bfloat16)
-            L.prepare(x, torch.randn(M, 128, device="cuda", generator=g))
+            x = torch.randn(M, H, device="cuda", generator=g).to(torch.bfloat16)
+            L.prepare(x, torch.randn(M, E, device="cuda", generator=g))
             ks = kernel_times(L.gemms)
             tot = sum(t for _, t in ks)
             print(f"peer gptoss M={M}: sum {tot:.1f} us: " + "; ".join(f"{n} {t:.1f}" for n, t in ks), flush=True)

@@ -13,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kernels import ROOT, SHAPES, _inputs, random_stored  # noqa: E402
+from kernels import SHAPES, _inputs, peer_layer, random_stored  # noqa: E402
 
 from moepack.kernels.triton_moe import fused_moe  # noqa: E402
 
@@ -31,14 +31,10 @@ def main():
     torch.cuda.synchronize()
     if a.no_peer:
         return
-    if a.case == "gptoss":
-        from peer_bench import TkLayer
-        L = TkLayer(os.path.join(ROOT, ".peer", "tk"), E, H, I, k)
+    L = peer_layer(a.case)
+    if quant == "mxfp4":
         L.prepare(x, torch.randn(a.m, E, device="cuda"))
     else:
-        from peer_bench import PeerLayer, load_peer, tuned_configs
-        sg = os.path.join(ROOT, ".peer", "sg")
-        L = PeerLayer(load_peer(sg), E, H, I, k, True, tuned_configs(sg, E, I, True))
         L.prepare(x, tw, ids)
     L.gemms()
     torch.cuda.synchronize()
