@@ -53,28 +53,64 @@ def weight_tile(w_base, mask_n, offs_k, mk, w_desc, w_row0, k0, TMA: tl.constexp
 
 
 @triton.jit
-def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws_rows, stride_wsk, offs_n, mask_n, k0, K,
-                   w_desc, w_row0, BK: tl.constexpr, SOFT_RNE: tl.constexpr, PREQ: tl.constexpr,
-                   SWAP: tl.constexpr, TMA: tl.constexpr):
+def tile_scale_rows(offs_n, pid_n, n_scale_blocks, BN: tl.constexpr, GATED: tl.constexpr):
+    """The (at most two) scale rows the weight rows offs_n [BN] of tile pid_n use, BN a power of two <= 256:
+    (row_a, row_b, pick_b [BN]): row offs_n[i] uses row_b where pick_b[i], else row_a.
+
+    GATED (w13 with gate/up rows interleaved, scales [2 * n_scale_blocks, .]: gate blocks, then up blocks):
+    the tile's BN / 2 gate rows lie in one 128-row block; even rows gate (row_a), odd rows up (row_b).
+    Otherwise row n uses block n // 128, which takes one (BN <= 128) or two (BN = 256) values per tile."""
+    tl.static_assert(BN <= 256, "fp8_block tiles have block_n <= 256")
+    if GATED:
+        row_a = (pid_n * (BN // 2)) // 128
+        return row_a, n_scale_blocks + row_a, offs_n % 2 == 1
+    else:
+        row_a = (pid_n * BN) // 128
+        row_b = row_a + (BN - 1) // 128
+        return row_a, row_b, offs_n >= row_b * 128
+
+
+@triton.jit
+def weight_scale_pair(ws_e, row_a, row_b, k0, K, n_rows, stride_s1, stride_s2):
+    """(s_a, s_b) float32 scalars: the K-step at k0 of the two scale rows of `tile_scale_rows` in the
+    expert's table ws_e [n_rows, ceil(K / 128)]; zeros at k0 >= K or past the last row. The tile's [BN] scales are then
+    `tl.where(pick_b, s_b, s_a)`, built in the layout the MMA epilogue wants (a [BN] load is laid out for
+    coalescing and moved there through shared memory, after the wgmma wait). Callers load them one step
+    ahead: Triton does not pipeline scalar loads."""
+    col = (k0 // 128) * stride_s2
+    s_a = tl.load(ws_e + row_a * stride_s1 + col, mask=(k0 < K) & (row_a < n_rows), other=0.0)
+    s_b = tl.load(ws_e + row_b * stride_s1 + col, mask=(k0 < K) & (row_b < n_rows), other=0.0)
+    return s_a, s_b
+
+
+@triton.jit
+def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws, mask_n, k0, K, w_desc, w_row0,
+                   BK: tl.constexpr, SOFT_RNE: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr,
+                   TMA: tl.constexpr):
     """acc [BM, BN] += dequant(quant(A[:, k0:k0+128])) @ dequant(W[offs_n, k0:k0+128]).T; with SWAP
     acc is [BN, BM] and gets the transpose (W @ A.T: weights on the MMA's 64-row side, tokens on N).
 
-    ws_rows: [BN] pointers to each weight row's scale row (column block 0); stride_wsk per 128 of K."""
+    ws: [BN] weight scales of this K-step (`weight_scale_pair`)."""
     offs_k = k0 + tl.arange(0, BK)
     mk = offs_k < K
     a = tl.load(a_base + offs_k[None, :], mask=a_mask_m & mk[None, :], other=0.0)
     w = weight_tile(w_base, mask_n, offs_k, mk, w_desc, w_row0, k0, TMA)
-    ws = tl.load(ws_rows + (k0 // 128) * stride_wsk, mask=mask_n, other=0.0)
     if PREQ:
         qa = a
         sa = tl.load(as_rows + k0 // 128, mask=tl.reshape(a_mask_m, [a_mask_m.shape[0]]), other=0.0)  # [BM]
     else:
         qa, sa = quant_rows(a, SOFT_RNE)
+    return acc + block_scaled_dot(qa, sa, w, ws, SWAP)
+
+
+@triton.jit
+def block_scaled_dot(qa, sa, w, ws, SWAP: tl.constexpr):
+    """One 128-group of K: qa [BM, 128] e4m3 with row scales sa [BM], w [BN, 128] e4m3 with row scales ws [BN]
+    -> float32 [BM, BN] = (qa * sa) @ (w * ws).T, or with SWAP its transpose [BN, BM] = W @ A.T."""
     if SWAP:
-        acc = acc + tl.dot(w, tl.trans(qa)) * ws[:, None] * sa[None, :]
+        return tl.dot(w, tl.trans(qa)) * ws[:, None] * sa[None, :]
     else:
-        acc = acc + tl.dot(qa, tl.trans(w)) * sa[:, None] * ws[None, :]
-    return acc
+        return tl.dot(qa, tl.trans(w)) * sa[:, None] * ws[None, :]
 
 
 @triton.jit

@@ -24,7 +24,8 @@ from ..layouts.triton import mma_tiles_fit, mxfp4_k_chunk
 from . import configs
 from .align import max_blocks, moe_align
 from .pdl import wait_for_previous_grid
-from .triton_fp8 import fp8_block_step, fp8_tensor_step, quant_rows, quantize_groups
+from .triton_fp8 import (fp8_block_step, fp8_tensor_step, quant_rows, quantize_groups, tile_scale_rows,
+                         weight_scale_pair)
 from .triton_mxfp4 import mxfp4_scales, mxfp4_step
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -169,15 +170,23 @@ def _moe_gemm(
                              BF16_ASM, SWAP, FOLD, TILED)
             s_lo, s_hi = s_lo_next, s_hi_next
     elif FMT == 1:
-        if STAGE == 1 and GATED:
-            srow = (offs_n % 2) * n_scale_blocks + (offs_n // 2) // 128
-        else:
-            srow = offs_n // 128
-        ws_rows = WS + e * stride_se + srow * stride_s1
+        gated = STAGE == 1 and GATED
+        row_a, row_b, pick_b = tile_scale_rows(offs_n, pid_n, n_scale_blocks, BN, gated)
+        n_rows = 2 * n_scale_blocks if gated else tl.cdiv(N, 128)
+        ws_e = WS + e * stride_se
         as_rows = AS + a_rows.to(tl.int64) * stride_asm
+        # weight scales: swap-AB puts the weight rows on the accumulator's row axis, where a [BN] load lands
+        # as loaded; otherwise two scalars per K-step, loaded one step ahead (`weight_scale_pair`)
+        ws_rows = ws_e + tl.where(pick_b, row_b, row_a) * stride_s1
+        s_a, s_b = weight_scale_pair(ws_e, row_a, row_b, 0, K, n_rows, stride_s1, stride_s2)
         for k0 in range(0, K, BK):
-            acc = fp8_block_step(acc, a_base, a_mask, as_rows, w_base, ws_rows, stride_s2, offs_n, mask_n, k0, K,
-                                 W_DESC, w_row0, BK, SOFT_RNE, PREQ, SWAP, TMA)
+            if SWAP:
+                ws = tl.load(ws_rows + (k0 // 128) * stride_s2, mask=mask_n, other=0.0)
+            else:
+                ws = tl.where(pick_b, s_b, s_a)
+                s_a, s_b = weight_scale_pair(ws_e, row_a, row_b, k0 + BK, K, n_rows, stride_s1, stride_s2)
+            acc = fp8_block_step(acc, a_base, a_mask, as_rows, w_base, ws, mask_n, k0, K, W_DESC, w_row0, BK,
+                                 SOFT_RNE, PREQ, SWAP, TMA)
     else:
         inv_in = tl.load(SCAL + e * stride_ce + 3)
         for k0 in range(0, K, BK):
