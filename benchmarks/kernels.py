@@ -173,9 +173,11 @@ def random_stored(quant: str, E: int, H: int, I: int, device="cuda") -> tuple[di
     return st, MoEMeta("fp8_block", Activation("silu"), True, E, H, I, True)
 
 
-def sweep_candidates(quant: str, M: int) -> list[tuple[tuple, list]]:
+def sweep_candidates(quant: str, M: int, Ip: int = 0) -> list[tuple[tuple, list]]:
     """[(route option (per_pair, block_m, prequant), [GemmConfig, ...]), ...] tried at this M:
-    the shipped winners of the previous sweep plus swap-AB tiles (weights on the wgmma's 64-row side)."""
+    the shipped winners of the previous sweep plus swap-AB tiles (weights on the wgmma's 64-row side);
+    FP8 with Ip <= 256 also gemm2 tiles with several output tiles per program (`n_tiles`, timed as gemm2
+    only)."""
     G = GemmConfig
     sw = lambda *gs: [G(*g, swap_ab=True) for g in gs]  # noqa: E731
     if quant == "mxfp4":
@@ -202,7 +204,31 @@ def sweep_candidates(quant: str, M: int) -> list[tuple[tuple, list]]:
         if M > 1024:
             opts.append(((False, 64, False), sw((128, 128, 4, 3), (128, 128, 4, 4), (128, 64, 8, 4), (256, 64, 8, 4))))
         return opts
-    return [(opt, gs + [dataclasses.replace(g, tma=True) for g in gs]) for opt, gs in _fp8_candidates(M)]
+    opts = [(opt, gs + [dataclasses.replace(g, tma=True) for g in gs]) for opt, gs in _fp8_candidates(M)]
+    if 0 < Ip <= 256:
+        opts = [(opt, gs + _resident_candidates(opt)) for opt, gs in opts]
+    return opts
+
+
+def _resident_candidates(opt) -> list:
+    """gemm2 tiles of `_moe_down_resident` (the block's rows held, n_tiles output tiles per program, weight
+    tiles through TMA) for a sorted route option with prequant; none for the others."""
+    per_pair, bm, preq = opt
+    if per_pair or not preq:
+        return []
+    G = GemmConfig
+    if bm <= 32:    # few rows per block: swap-AB, weights on the wgmma's 64-row side
+        shapes = [(64, 128, 4, 4, True), (128, 128, 4, 3, True), (128, 128, 4, 4, True), (256, 128, 8, 3, True)]
+    elif bm == 64:
+        shapes = [(128, 128, 4, 2, False), (128, 128, 4, 3, False), (128, 128, 4, 4, False), (64, 128, 4, 3, False),
+                  (256, 128, 8, 2, False), (256, 128, 8, 3, False)]
+    else:
+        shapes = [(128, 128, 8, 3, False), (256, 128, 8, 2, False), (256, 128, 8, 3, False)]
+    out = []
+    for bn, bk, nw, st, swap in shapes:
+        for nt in ((4, 14, 56) if bn <= 128 else (7, 14, 28)):
+            out.append(G(bn, bk, nw, st, swap_ab=swap, tma=True, n_tiles=nt))
+    return out
 
 
 def _fp8_candidates(M: int) -> list[tuple[tuple, list]]:
@@ -307,15 +333,20 @@ def precompile(jobs, workers):
             print(f"parallel precompile failed: {type(exc).__name__}: {exc}", flush=True)
 
 
+def _stages(g) -> tuple:
+    """The GEMMs a candidate tile is timed as: gemm2 only for n_tiles > 1 (gemm1 has one tile per program)."""
+    return (2,) if g.n_tiles > 1 else (1, 2)
+
+
 def sweep(cases, Ms, out_path, workers):
     t0 = time.time()
     jobs = []
     for case in cases:
         quant = SHAPES[case][0]
         for M in Ms:
-            for opt, gs in sweep_candidates(quant, M):
+            for opt, gs in sweep_candidates(quant, M, SHAPES[case][4]):
                 for g in gs:
-                    jobs += [(case, M, opt, g, 1), (case, M, opt, g, 2)]
+                    jobs += [(case, M, opt, g, st) for st in _stages(g)]
     precompile(jobs, workers)
     res = {"rows": [], "best": {}}
     for case in cases:
@@ -324,10 +355,10 @@ def sweep(cases, Ms, out_path, workers):
         for M in Ms:
             x, tw, ids = _inputs(M, E, k, H)
             finals = []
-            for opt, gs in sweep_candidates(quant, M):
+            for opt, gs in sweep_candidates(quant, M, I):
                 best = {}
                 for g in gs:
-                    for stage in (1, 2):
+                    for stage in _stages(g):
                         try:
                             f1, f2, _, _ = _stage_launcher(st, meta, x, tw, ids, opt, g, g)
                             t = graph_time(f1 if stage == 1 else f2, 10)

@@ -7,7 +7,10 @@ M <= 8 and deeper pipelines for FP8 at M = 8..1024, benchmarks/kernels-sweep-h10
 version 9: FP8 weight tiles through TMA descriptors, benchmarks/kernels-sweep-h100-2026-11-23-tma{,2}.json;
 version 10: gemm1 tiles of 256 gated columns quantize gemm2's input in their epilogue,
 benchmarks/kernels-sweep-h100-2026-11-23-qout.json; version 12: MXFP4 scale codes loaded one K-step ahead, gpt-oss
-M <= 256 re-swept, benchmarks/kernels-sweep-h100-2026-11-24-prefetch.json).
+M <= 256 re-swept, benchmarks/kernels-sweep-h100-2026-11-24-prefetch.json; version 13: FP8 weight scales as two
+scalars per tile, gemm2 with several output tiles per program for DeepSeek-V3 TP8,
+benchmarks/kernels-sweep-h100-2026-11-24-resident.json; TP1 M >= 1024 re-swept,
+benchmarks/kernels-sweep-h100-2026-11-24-tp1-scales.json).
 Any other shape uses the table of the nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
@@ -28,6 +31,10 @@ else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 - tma (per GEMM, FP8): weight tiles are copied by the Hopper tensor-memory accelerator from a descriptor
   over w [E * N, K] instead of by per-thread async copies; taken only where block_n divides N (else the
   pointer loads, same bits).
+- n_tiles (gemm2, fp8_block with prequant on the sorted path, K = the rank's intermediate size <= 256): output
+  tiles per program. Each program holds its block's quantized rows and walks n_tiles tiles of y, the weight
+  tiles of the next streaming in during this one's MMA and epilogue (`triton_moe._moe_down_resident`);
+  1 = one tile per program (`_moe_gemm`).
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ class GemmConfig:
     num_stages: int
     swap_ab: bool = False      # accumulate [BN, BM] = W @ A.T (weights on the MMA's wide side)
     tma: bool = False          # FP8: weight tiles through a TMA tensor descriptor (N % block_n == 0)
+    n_tiles: int = 1           # gemm2, fp8_block + prequant, K <= 256: output tiles per program (A held)
 
 
 @dataclass(frozen=True)
@@ -79,11 +87,11 @@ TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
     ("fp8_block", 7168, 256): {                   # DeepSeek-V3 TP8 rank, E=256, top-8
         1: (True, 16, False, G(64, 128, 4, 4, True, tma=True), G(128, 128, 4, 4, True)),
         8: (True, 16, False, G(64, 128, 4, 3, True, tma=True), G(64, 128, 4, 3, True, tma=True)),  # per pair
-        64: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(128, 128, 4, 3, True, tma=True)),
-        256: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(256, 128, 8, 3, True)),
-        1024: (False, 64, True, G(128, 128, 4, 3, tma=True), G(128, 128, 4, 3, tma=True)),
-        4096: (False, 64, True, G(128, 128, 4, 4, tma=True), G(128, 128, 4, 3, tma=True)),
-        16384: (False, 64, True, G(256, 128, 8, 4, tma=True), G(128, 128, 4, 3)),
+        64: (False, 16, True, G(128, 128, 4, 5, True, tma=True), G(128, 128, 4, 3, True, tma=True, n_tiles=4)),
+        256: (False, 16, True, G(128, 128, 4, 3, True, tma=True), G(128, 128, 4, 3, True, tma=True, n_tiles=4)),
+        1024: (False, 64, True, G(256, 128, 8, 4, tma=True), G(128, 128, 4, 3, tma=True, n_tiles=56)),
+        4096: (False, 64, True, G(256, 128, 8, 4, tma=True), G(128, 128, 4, 4, tma=True, n_tiles=56)),
+        16384: (False, 64, True, G(256, 128, 8, 4, tma=True), G(64, 128, 4, 3, tma=True, n_tiles=56)),
     },
     ("fp8_block", 7168, 2048): {                  # DeepSeek-V3 TP1, E=256, top-8
         1: (True, 16, False, G(64, 128, 4, 4, True, tma=True), G(128, 128, 4, 4, True, tma=True)),
@@ -91,8 +99,8 @@ TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
         64: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(64, 128, 4, 5, True, tma=True)),
         256: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(128, 128, 4, 5, True)),
         1024: (False, 64, True, G(256, 128, 8, 4, tma=True), G(128, 128, 4, 3, tma=True)),
-        4096: (False, 64, True, G(128, 128, 4, 4, tma=True), G(128, 128, 4, 4, tma=True)),
-        16384: (False, 64, True, G(256, 128, 8, 4, tma=True), G(128, 128, 4, 3, tma=True)),
+        4096: (False, 64, True, G(128, 128, 4, 3, tma=True), G(128, 128, 4, 3, tma=True)),
+        16384: (False, 64, True, G(256, 128, 8, 4, tma=True), G(256, 128, 8, 4, tma=True)),
     },
 }
 
@@ -115,7 +123,7 @@ def pick(quant: str, M: int, E: int, topk: int, H: int, Ip: int) -> MoEConfig:
 def shipped_configs(quant: str) -> list[MoEConfig]:
     """The tuned configs of `quant`'s family that differ in what correctness can depend on (routing path,
     block_m, prequant, block_k, swap_ab and tma of each GEMM, gemm1 tiles of whole 256-column groups that
-    quantize gemm2's input in their epilogue): one representative each, for tests that run them all."""
+    quantize gemm2's input in their epilogue, gemm2 with several tiles per program): one representative each, for tests that run them all."""
     fam = "mxfp4" if quant == "mxfp4" else "fp8_block"
     seen: dict[tuple, MoEConfig] = {}
     for (q, _, _), table in TUNED.items():
@@ -123,6 +131,6 @@ def shipped_configs(quant: str) -> list[MoEConfig]:
             continue
         for per_pair, block_m, prequant, g1, g2 in table.values():
             key = (per_pair, block_m, prequant, g1.block_k, g2.block_k, g1.swap_ab, g2.swap_ab, g1.tma, g2.tma,
-                   g1.block_n % 256 == 0)
+                   g1.block_n % 256 == 0, g2.n_tiles > 1)
             seen.setdefault(key, MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2, prequant=prequant))
     return list(seen.values())

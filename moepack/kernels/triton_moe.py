@@ -1,13 +1,15 @@
 """Triton fused MoE over the moepack Triton layout: `fused_moe(x, topk_weights, topk_ids, stored, meta)`.
 
 Launches (all static shapes, CUDA-graph safe):
-  [sort: memset + 2 small kernels (align.py); skipped on the per-pair decode path]
+  [sort: memset + 3 small kernels (align.py); skipped on the per-pair decode path]
   1. gemm1: inter[p] = act(x[p // k] @ w13[e].T + b13[e])      (MXFP4 / FP8 weights, act + bias fused)
   2. gemm2: y[p]     = w[p] * (inter[p] @ w2[e].T + b2[e])     (routed weight + bias fused)
   3. combine: out[t] = sum_j y[t*k + j] over slots whose expert is on this rank, in x.dtype
 One kernel body `_moe_gemm` serves both GEMMs and every format; its constexprs pick the weight tile
 loader (triton_mxfp4.py, triton_fp8.py; FP8 weight tiles by pointer loads or through a TMA descriptor) and
-the epilogue. fp8_block with prequant quantizes x in one pass before gemm1, and gemm2's input either in
+the epilogue. Where K is one or two 128-groups (fp8_block gemm2 at TP8-like shards), gemm2 can instead run
+`_moe_down_resident`, several output tiles per program over rows loaded once (config `n_tiles`).
+fp8_block with prequant quantizes x in one pass before gemm1, and gemm2's input either in
 gemm1's epilogue (tiles of whole 128-column groups, `fuses_quant`) or in one pass after it. On Hopper,
 FP8 layers of M <= 1024 launch with programmatic dependent launch (`pdl_enabled`).
 """
@@ -24,8 +26,8 @@ from ..layouts.triton import mma_tiles_fit, mxfp4_k_chunk
 from . import configs
 from .align import max_blocks, moe_align
 from .pdl import wait_for_previous_grid
-from .triton_fp8 import (fp8_block_step, fp8_tensor_step, quant_rows, quantize_groups, tile_scale_rows,
-                         weight_scale_pair)
+from .triton_fp8 import (block_scaled_dot, fp8_block_step, fp8_tensor_step, quant_rows, quantize_groups, tile_scale_rows,
+                         weight_scale_pair, weight_tile)
 from .triton_mxfp4 import mxfp4_scales, mxfp4_step
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -223,10 +225,79 @@ def _moe_gemm(
         else:
             tl.store(o_ptrs, h.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_o[None, :])
     else:
-        wt = tl.load(TOPK_W + rows, mask=mask_m, other=0.0)
-        acc = acc * wt[:, None]
-        o_ptrs = OUT + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-        tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        _store_down(acc, tl.load(TOPK_W + rows, mask=mask_m, other=0.0), OUT, stride_om, rows, mask_m, offs_n, mask_n)
+
+
+@triton.jit
+def _store_down(acc, wt, OUT, stride_om, rows, mask_m, offs_n, mask_n):
+    """gemm2's epilogue: y[rows, offs_n] = acc [BM, BN] float32 * wt [BM] (each row's routed weight), in
+    OUT's dtype."""
+    o_ptrs = OUT + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    tl.store(o_ptrs, (acc * wt[:, None]).to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _moe_down_resident(
+    A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+    BIAS, stride_be, OUT, stride_om, TOPK_W, SORTED, EXPERT_IDS, NUM_BLOCKS, P, N, K,
+    BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KSTEPS: tl.constexpr, SWAP: tl.constexpr,
+    TMA: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+):
+    """gemm2 of fp8_block with prequant where K (the rank's intermediate size) <= 256: NT consecutive
+    [BM, BN] tiles of y for one expert block per program.
+
+    The block's quantized rows A [BM, K] e4m3 (KSTEPS = ceil(K / 128) <= 2 groups) and their scales
+    AS [BM, KSTEPS] are loaded once and held; the loop over the NT tiles is software-pipelined, so the next
+    weight tile W[e, n:n+BN, :K] streams in during this tile's MMA and epilogue, and the route lookups are
+    paid once per NT tiles. With K = 256 a one-tile program (`_moe_gemm`) is two K-steps long, mostly
+    prologue and epilogue. Same arithmetic in the same order as `_moe_gemm` STAGE 2, so the same bits.
+    Grid: max blocks x ceil(ceil(N / BN) / NT)."""
+    wait_for_previous_grid(PDL)
+    pid = tl.program_id(0)
+    n_split = tl.cdiv(tl.cdiv(N, BN), NT)
+    pid_m = pid // n_split
+    first_n = (pid % n_split) * NT
+    if pid_m >= tl.load(NUM_BLOCKS):
+        return
+    e = tl.load(EXPERT_IDS + pid_m).to(tl.int64)
+    rows = tl.load(SORTED + pid_m * BM + tl.arange(0, BM))
+    mask_m = rows < P
+    r64 = rows.to(tl.int64)
+    offs_k = tl.arange(0, 128)
+    a_ptrs = A + r64[:, None] * stride_am + offs_k[None, :]
+    a0 = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+    sa0 = tl.load(AS + r64 * stride_asm, mask=mask_m, other=0.0)
+    if KSTEPS == 2:
+        a1 = tl.load(a_ptrs + 128, mask=mask_m[:, None] & (offs_k + 128 < K)[None, :], other=0.0)
+        sa1 = tl.load(AS + r64 * stride_asm + 1, mask=mask_m, other=0.0)
+    wt = tl.load(TOPK_W + rows, mask=mask_m, other=0.0)
+    ws_e = WS + e * stride_se
+    n_rows = tl.cdiv(N, 128)
+    # the weight scales of each tile's two K-steps, loaded one tile ahead
+    row_a, row_b, _ = tile_scale_rows(first_n * BN + tl.arange(0, BN), first_n, 0, BN, False)
+    s0a, s0b = weight_scale_pair(ws_e, row_a, row_b, 0, K, n_rows, stride_s1, stride_s2)
+    s1a, s1b = weight_scale_pair(ws_e, row_a, row_b, 128, K, n_rows, stride_s1, stride_s2)
+    for j in range(NT):
+        pid_n = first_n + j
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        mask_n = offs_n < N
+        w_base = W + e * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
+        w_row0 = (e * N + pid_n * BN).to(tl.int32)
+        row_a, row_b, pick_b = tile_scale_rows(offs_n, pid_n, 0, BN, False)
+        nxt_a, nxt_b, _ = tile_scale_rows(offs_n + BN, pid_n + 1, 0, BN, False)
+        s0a_next, s0b_next = weight_scale_pair(ws_e, nxt_a, nxt_b, 0, K, n_rows, stride_s1, stride_s2)
+        s1a_next, s1b_next = weight_scale_pair(ws_e, nxt_a, nxt_b, 128, K, n_rows, stride_s1, stride_s2)
+        w0 = weight_tile(w_base, mask_n, offs_k, offs_k < K, W_DESC, w_row0, 0, TMA)
+        acc = block_scaled_dot(a0, sa0, w0, tl.where(pick_b, s0b, s0a), SWAP)
+        if KSTEPS == 2:
+            w1 = weight_tile(w_base, mask_n, offs_k + 128, offs_k + 128 < K, W_DESC, w_row0, 128, TMA)
+            acc = acc + block_scaled_dot(a1, sa1, w1, tl.where(pick_b, s1b, s1a), SWAP)
+        s0a, s0b, s1a, s1b = s0a_next, s0b_next, s1a_next, s1b_next
+        if SWAP:
+            acc = tl.trans(acc)
+        if HAS_BIAS:
+            acc += tl.load(BIAS + e * stride_be + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        _store_down(acc, wt, OUT, stride_om, rows, mask_m, offs_n, mask_n)
 
 
 @triton.jit
@@ -306,6 +377,17 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
     bk = 128 if fmt == 1 else gcfg.block_k
     dummy = out
     desc = weight_descriptor(W, N, K, gcfg.block_n, bk) if gcfg.tma and fmt != 0 else None
+    if stage == 2 and resident_down(meta, cfg, gcfg, K):
+        grid = (grid_m * triton.cdiv(triton.cdiv(N, gcfg.block_n), gcfg.n_tiles),)
+        _moe_down_resident[grid](
+            A, A.stride(0), A_scale, A_scale.stride(0), W, desc if desc is not None else W, W.stride(0), W.stride(1),
+            WS, se, s1, s2, bias if bias is not None else dummy, bias.stride(0) if bias is not None else 0,
+            out, out.stride(0), topk_w, sorted_ids, expert_ids, num_blocks, P, N, K,
+            BM=cfg.block_m, BN=gcfg.block_n, NT=gcfg.n_tiles, KSTEPS=triton.cdiv(K, 128), SWAP=gcfg.swap_ab,
+            TMA=desc is not None, HAS_BIAS=bias is not None, PDL=pdl,
+            num_warps=gcfg.num_warps, num_stages=gcfg.num_stages, launch_pdl=pdl,
+        )
+        return
     grid = (grid_m * triton.cdiv(N, gcfg.block_n),)
     _moe_gemm[grid](
         A, A.stride(0), A_scale if A_scale is not None else dummy, A_scale.stride(0) if A_scale is not None else 0, W,
@@ -325,6 +407,13 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         ROUND=round_code, TILED=fp4_tiled(meta, stage, N, K),
         num_warps=gcfg.num_warps, num_stages=gcfg.num_stages, launch_pdl=pdl,
     )
+
+
+def resident_down(meta: MoEMeta, cfg: configs.MoEConfig, gcfg: configs.GemmConfig, K: int) -> bool:
+    """Whether gemm2 (K = the rank's intermediate size) runs `_moe_down_resident`: the config asks for more
+    than one output tile per program (`gcfg.n_tiles`), fp8_block with prequant on the sorted path, K <= 256.
+    Elsewhere gemm2 is `_moe_gemm`, one tile per program."""
+    return gcfg.n_tiles > 1 and prequantizes(meta, cfg) and not cfg.per_pair and K <= 256
 
 
 ROUND_CODE = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 0}

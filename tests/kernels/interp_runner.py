@@ -46,6 +46,7 @@ def main(names):
     for name in names:
         if CASES[name][0] == "fp8_block":
             results.update(fused_quant_runs(name))
+            results.update(resident_down_runs(name))
     print(json.dumps(results))
 
 
@@ -70,6 +71,30 @@ def fused_quant_runs(name):
             out[f"fusedquant:{name}/{str(x_dtype)[6:]}{'/swap' if swap else ''}"] = {
                 "fused": plain(triton_moe.MoEMeta(**meta), cfg), "same_bits": bool(torch.equal(fused, two_pass)),
                 "plain": rel_err(fused, expected64(x, tw, ids, local))}
+    return out
+
+
+def resident_down_runs(name):
+    """gemm2 with n_tiles > 1 (`_moe_down_resident`: the block's rows held, several output tiles per
+    program; here 4 tiles of 32 over N = 192, so the second program's last two tiles lie past N) must give
+    the same bits as one tile per program (`_moe_gemm`), with plain and swap-AB tiles, pointer and TMA
+    weight loads, K = Ip of two 128-groups (the second partial) and of one (Ip = 96)."""
+    from moepack.kernels import triton_moe
+    out = {}
+    for x_dtype, swap, tma, ip in ((torch.float32, False, False, None), (torch.float32, True, True, 96),
+                                   (torch.float16, False, True, 96), (torch.float16, True, False, None)):
+        x, tw, ids, local, stored, meta = make_case(name, seed=11, x_dtype=x_dtype, Ip=ip)
+        g1 = GemmConfig(block_n=32, block_k=128, num_warps=4, num_stages=1)
+        one = GemmConfig(block_n=32, block_k=128, num_warps=4, num_stages=1, swap_ab=swap, tma=tma)
+        several = GemmConfig(block_n=32, block_k=128, num_warps=4, num_stages=1, swap_ab=swap, tma=tma, n_tiles=4)
+        cfg = MoEConfig(per_pair=False, block_m=16, gemm1=g1, gemm2=several, prequant=True)
+        resident = triton_moe.fused_moe(x, tw, ids, stored, meta, config=cfg)
+        one_tile = triton_moe.fused_moe(x, tw, ids, stored, meta, config=MoEConfig(
+            per_pair=False, block_m=16, gemm1=g1, gemm2=one, prequant=True))
+        out[f"resident:{name}/{str(x_dtype)[6:]}/ip{meta['Ip']}{'/swap' if swap else ''}{'/tma' if tma else ''}"] = {
+            "resident": triton_moe.resident_down(triton_moe.MoEMeta(**meta), cfg, several, meta["Ip"]),
+            "same_bits": bool(torch.equal(resident, one_tile)),
+            "plain": rel_err(resident, expected64(x, tw, ids, local))}
     return out
 
 

@@ -144,9 +144,11 @@ def _rand_fp8(shape, g, scale=1.0):
     return (torch.randn(shape, generator=g) * scale).clamp(-448, 448).to(torch.float8_e4m3fn)
 
 
-def make_case(name: str, seed: int = 0, x_dtype=torch.float32):
-    """-> (x, topk_weights, topk_ids, local LocalExperts, stored dict role -> tensor, meta dict)."""
-    quant, act, gated, has_bias, T, E, k, H, Ip = CASES[name]
+def make_case(name: str, seed: int = 0, x_dtype=torch.float32, Ip: int | None = None):
+    """-> (x, topk_weights, topk_ids, local LocalExperts, stored dict role -> tensor, meta dict);
+    Ip: another intermediate size than the case's."""
+    quant, act, gated, has_bias, T, E, k, H, case_ip = CASES[name]
+    Ip = Ip or case_ip
     g = torch.Generator().manual_seed(seed)
     R = 2 * Ip if gated else Ip
     kw = {}

@@ -221,3 +221,25 @@ def test_fused_quantization_epilogue_same_bits_gpu(swap, tma, monkeypatch):
     two_pass = triton_moe.fused_moe(*args, config=cfg)
     assert torch.equal(fused.view(torch.int16), two_pass.view(torch.int16))
     assert rel_err(fused, expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
+
+
+@cuda
+@pytest.mark.parametrize("block_m,swap,ip", [(16, True, None), (64, False, None), (64, False, 96), (16, True, 96)])
+def test_resident_down_same_bits_gpu(block_m, swap, ip):
+    """gemm2 with several output tiles per program (`_moe_down_resident`: the block's rows held, the loop
+    over tiles software-pipelined, weight tiles through TMA) gives the bits of one tile per program; K = Ip
+    of two 128-groups (the second partial) or one; N = 192 in tiles of 64, two per program, so the second
+    program's second tile lies past N."""
+    from moepack.kernels import triton_moe
+    from moepack.kernels.configs import GemmConfig, MoEConfig
+    x, tw, ids, local, stored, meta = make_case("fp8_block_silu", seed=29, x_dtype=torch.bfloat16, Ip=ip)
+    args = (x.cuda(), tw.cuda(), ids.cuda(), _to(stored, "cuda"), meta)
+    g1 = GemmConfig(block_n=64, block_k=128, num_warps=4, num_stages=3, swap_ab=swap, tma=True)
+    outs = []
+    for n_tiles in (1, 2):
+        g2 = GemmConfig(block_n=64, block_k=128, num_warps=4, num_stages=3, swap_ab=swap, tma=True, n_tiles=n_tiles)
+        cfg = MoEConfig(per_pair=False, block_m=block_m, gemm1=g1, gemm2=g2, prequant=True)
+        assert triton_moe.resident_down(triton_moe.MoEMeta(**meta), cfg, g2, meta["Ip"]) == (n_tiles > 1)
+        outs.append(triton_moe.fused_moe(*args, config=cfg))
+    assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
+    assert rel_err(outs[1], expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
