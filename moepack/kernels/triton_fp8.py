@@ -73,10 +73,10 @@ def tile_scale_rows(offs_n, pid_n, n_scale_blocks, BN: tl.constexpr, GATED: tl.c
 @triton.jit
 def weight_scale_pair(ws_e, row_a, row_b, k0, K, n_rows, stride_s1, stride_s2):
     """(s_a, s_b) float32 scalars: the K-step at k0 of the two scale rows of `tile_scale_rows` in the
-    expert's table ws_e [n_rows, ceil(K / 128)]; zeros at k0 >= K or past the last row. The tile's [BN] scales are then
-    `tl.where(pick_b, s_b, s_a)`, built in the layout the MMA epilogue wants (a [BN] load is laid out for
-    coalescing and moved there through shared memory, after the wgmma wait). Callers load them one step
-    ahead: Triton does not pipeline scalar loads."""
+    expert's table ws_e [n_rows, ceil(K / 128)]; zeros at k0 >= K or past the last row. The tile's [BN]
+    scales are then `tl.where(pick_b, s_b, s_a)`, built in the layout the MMA epilogue wants (a [BN] load
+    is laid out for coalescing and moved there through shared memory, after the wgmma wait). Callers load
+    them one step ahead: Triton does not pipeline scalar loads."""
     col = (k0 // 128) * stride_s2
     s_a = tl.load(ws_e + row_a * stride_s1 + col, mask=(k0 < K) & (row_a < n_rows), other=0.0)
     s_b = tl.load(ws_e + row_b * stride_s1 + col, mask=(k0 < K) & (row_b < n_rows), other=0.0)

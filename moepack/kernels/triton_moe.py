@@ -26,8 +26,8 @@ from ..layouts.triton import mma_tiles_fit, mxfp4_k_chunk
 from . import configs
 from .align import max_blocks, moe_align
 from .pdl import wait_for_previous_grid
-from .triton_fp8 import (block_scaled_dot, fp8_block_step, fp8_tensor_step, quant_rows, quantize_groups, tile_scale_rows,
-                         weight_scale_pair, weight_tile)
+from .triton_fp8 import (block_scaled_dot, fp8_block_step, fp8_tensor_step, quant_rows, quantize_groups,
+                         tile_scale_rows, weight_scale_pair, weight_tile)
 from .triton_mxfp4 import mxfp4_scales, mxfp4_step
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -179,8 +179,10 @@ def _moe_gemm(
         as_rows = AS + a_rows.to(tl.int64) * stride_asm
         # weight scales: swap-AB puts the weight rows on the accumulator's row axis, where a [BN] load lands
         # as loaded; otherwise two scalars per K-step, loaded one step ahead (`weight_scale_pair`)
-        ws_rows = ws_e + tl.where(pick_b, row_b, row_a) * stride_s1
-        s_a, s_b = weight_scale_pair(ws_e, row_a, row_b, 0, K, n_rows, stride_s1, stride_s2)
+        if SWAP:
+            ws_rows = ws_e + tl.where(pick_b, row_b, row_a) * stride_s1
+        else:
+            s_a, s_b = weight_scale_pair(ws_e, row_a, row_b, 0, K, n_rows, stride_s1, stride_s2)
         for k0 in range(0, K, BK):
             if SWAP:
                 ws = tl.load(ws_rows + (k0 // 128) * stride_s2, mask=mask_n, other=0.0)
