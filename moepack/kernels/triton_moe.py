@@ -278,7 +278,8 @@ def _moe_down_resident(
     # the weight scales of each tile's two K-steps, loaded one tile ahead
     row_a, row_b, _ = tile_scale_rows(first_n * BN + tl.arange(0, BN), first_n, 0, BN, False)
     s0a, s0b = weight_scale_pair(ws_e, row_a, row_b, 0, K, n_rows, stride_s1, stride_s2)
-    s1a, s1b = weight_scale_pair(ws_e, row_a, row_b, 128, K, n_rows, stride_s1, stride_s2)
+    if KSTEPS == 2:
+        s1a, s1b = weight_scale_pair(ws_e, row_a, row_b, 128, K, n_rows, stride_s1, stride_s2)
     for j in range(NT):
         pid_n = first_n + j
         offs_n = pid_n * BN + tl.arange(0, BN)
@@ -288,13 +289,15 @@ def _moe_down_resident(
         row_a, row_b, pick_b = tile_scale_rows(offs_n, pid_n, 0, BN, False)
         nxt_a, nxt_b, _ = tile_scale_rows(offs_n + BN, pid_n + 1, 0, BN, False)
         s0a_next, s0b_next = weight_scale_pair(ws_e, nxt_a, nxt_b, 0, K, n_rows, stride_s1, stride_s2)
-        s1a_next, s1b_next = weight_scale_pair(ws_e, nxt_a, nxt_b, 128, K, n_rows, stride_s1, stride_s2)
+        if KSTEPS == 2:
+            s1a_next, s1b_next = weight_scale_pair(ws_e, nxt_a, nxt_b, 128, K, n_rows, stride_s1, stride_s2)
         w0 = weight_tile(w_base, mask_n, offs_k, offs_k < K, W_DESC, w_row0, 0, TMA)
         acc = block_scaled_dot(a0, sa0, w0, tl.where(pick_b, s0b, s0a), SWAP)
+        s0a, s0b = s0a_next, s0b_next
         if KSTEPS == 2:
             w1 = weight_tile(w_base, mask_n, offs_k + 128, offs_k + 128 < K, W_DESC, w_row0, 128, TMA)
             acc = acc + block_scaled_dot(a1, sa1, w1, tl.where(pick_b, s1b, s1a), SWAP)
-        s0a, s0b, s1a, s1b = s0a_next, s0b_next, s1a_next, s1b_next
+            s1a, s1b = s1a_next, s1b_next
         if SWAP:
             acc = tl.trans(acc)
         if HAS_BIAS:
