@@ -53,21 +53,23 @@ def weight_tile(w_base, mask_n, offs_k, mk, w_desc, w_row0, k0, TMA: tl.constexp
 
 
 @triton.jit
-def tile_scale_rows(offs_n, pid_n, n_scale_blocks, BN: tl.constexpr, GATED: tl.constexpr):
-    """The (at most two) scale rows the weight rows offs_n [BN] of tile pid_n use, BN a power of two <= 256:
-    (row_a, row_b, pick_b [BN]): row offs_n[i] uses row_b where pick_b[i], else row_a.
+def tile_scale_rows(pid_n, n_scale_blocks, BN: tl.constexpr, GATED: tl.constexpr):
+    """The (at most two) scale rows the weight rows pid_n * BN + i (i < BN) of tile pid_n use, BN a power of
+    two <= 256: (row_a, row_b, pick_b [BN]): row pid_n * BN + i uses row_b where pick_b[i], else row_a.
 
     GATED (w13 with gate/up rows interleaved, scales [2 * n_scale_blocks, .]: gate blocks, then up blocks):
     the tile's BN / 2 gate rows lie in one 128-row block; even rows gate (row_a), odd rows up (row_b).
-    Otherwise row n uses block n // 128, which takes one (BN <= 128) or two (BN = 256) values per tile."""
+    Otherwise row n uses block n // 128, which takes one (BN <= 128) or two (BN = 256: rows from 128 on)
+    values per tile. pick_b depends only on i, so the compiler knows it for every accumulator register and
+    the per-element select folds away."""
     tl.static_assert(BN <= 256, "fp8_block tiles have block_n <= 256")
+    i = tl.arange(0, BN)
     if GATED:
         row_a = (pid_n * (BN // 2)) // 128
-        return row_a, n_scale_blocks + row_a, offs_n % 2 == 1
+        return row_a, n_scale_blocks + row_a, i % 2 == 1
     else:
         row_a = (pid_n * BN) // 128
-        row_b = row_a + (BN - 1) // 128
-        return row_a, row_b, offs_n >= row_b * 128
+        return row_a, row_a + (BN - 1) // 128, i >= 128
 
 
 @triton.jit
@@ -84,13 +86,13 @@ def weight_scale_pair(ws_e, row_a, row_b, k0, K, n_rows, stride_s1, stride_s2):
 
 
 @triton.jit
-def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws, mask_n, k0, K, w_desc, w_row0,
+def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws, s_a, s_b, pick_b, mask_n, k0, K, w_desc, w_row0,
                    BK: tl.constexpr, SOFT_RNE: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr,
                    TMA: tl.constexpr):
     """acc [BM, BN] += dequant(quant(A[:, k0:k0+128])) @ dequant(W[offs_n, k0:k0+128]).T; with SWAP
     acc is [BN, BM] and gets the transpose (W @ A.T: weights on the MMA's 64-row side, tokens on N).
 
-    ws: [BN] weight scales of this K-step (`weight_scale_pair`)."""
+    ws (SWAP) or s_a, s_b, pick_b: the weight scales of this K-step (`block_scaled_dot`)."""
     offs_k = k0 + tl.arange(0, BK)
     mk = offs_k < K
     a = tl.load(a_base + offs_k[None, :], mask=a_mask_m & mk[None, :], other=0.0)
@@ -100,17 +102,23 @@ def fp8_block_step(acc, a_base, a_mask_m, as_rows, w_base, ws, mask_n, k0, K, w_
         sa = tl.load(as_rows + k0 // 128, mask=tl.reshape(a_mask_m, [a_mask_m.shape[0]]), other=0.0)  # [BM]
     else:
         qa, sa = quant_rows(a, SOFT_RNE)
-    return acc + block_scaled_dot(qa, sa, w, ws, SWAP)
+    return acc + block_scaled_dot(qa, sa, w, ws, s_a, s_b, pick_b, SWAP)
 
 
 @triton.jit
-def block_scaled_dot(qa, sa, w, ws, SWAP: tl.constexpr):
-    """One 128-group of K: qa [BM, 128] e4m3 with row scales sa [BM], w [BN, 128] e4m3 with row scales ws [BN]
-    -> float32 [BM, BN] = (qa * sa) @ (w * ws).T, or with SWAP its transpose [BN, BM] = W @ A.T."""
+def block_scaled_dot(qa, sa, w, ws, s_a, s_b, pick_b, SWAP: tl.constexpr):
+    """One 128-group of K: qa [BM, 128] e4m3 with row scales sa [BM], w [BN, 128] e4m3 with row scales
+    -> float32 [BM, BN] = (qa * sa) @ (w * ws).T, or with SWAP its transpose [BN, BM] = W @ A.T.
+
+    The weight rows' scales: SWAP, the vector ws [BN]; otherwise the scalars s_a, s_b and pick_b [BN] of
+    `tile_scale_rows` (row i takes s_b where pick_b[i]). There the factor sa * s is formed per row first,
+    so, with pick_b known per accumulator register, the caller's accumulate is one fused multiply-add per
+    element instead of a multiply and a multiply-add."""
     if SWAP:
         return tl.dot(w, tl.trans(qa)) * ws[:, None] * sa[None, :]
     else:
-        return tl.dot(qa, tl.trans(w)) * sa[:, None] * ws[None, :]
+        f = tl.where(pick_b[None, :], (sa * s_b)[:, None], (sa * s_a)[:, None])
+        return tl.dot(qa, tl.trans(w)) * f
 
 
 @triton.jit

@@ -173,7 +173,7 @@ def _moe_gemm(
             s_lo, s_hi = s_lo_next, s_hi_next
     elif FMT == 1:
         gated = STAGE == 1 and GATED
-        row_a, row_b, pick_b = tile_scale_rows(offs_n, pid_n, n_scale_blocks, BN, gated)
+        row_a, row_b, pick_b = tile_scale_rows(pid_n, n_scale_blocks, BN, gated)
         n_rows = 2 * n_scale_blocks if gated else tl.cdiv(N, 128)
         ws_e = WS + e * stride_se
         as_rows = AS + a_rows.to(tl.int64) * stride_asm
@@ -186,11 +186,12 @@ def _moe_gemm(
         for k0 in range(0, K, BK):
             if SWAP:
                 ws = tl.load(ws_rows + (k0 // 128) * stride_s2, mask=mask_n, other=0.0)
+                cur_a, cur_b = 0.0, 0.0
             else:
-                ws = tl.where(pick_b, s_b, s_a)
+                ws, cur_a, cur_b = 0.0, s_a, s_b
                 s_a, s_b = weight_scale_pair(ws_e, row_a, row_b, k0 + BK, K, n_rows, stride_s1, stride_s2)
-            acc = fp8_block_step(acc, a_base, a_mask, as_rows, w_base, ws, mask_n, k0, K, W_DESC, w_row0, BK,
-                                 SOFT_RNE, PREQ, SWAP, TMA)
+            acc = fp8_block_step(acc, a_base, a_mask, as_rows, w_base, ws, cur_a, cur_b, pick_b, mask_n, k0, K,
+                                 W_DESC, w_row0, BK, SOFT_RNE, PREQ, SWAP, TMA)
     else:
         inv_in = tl.load(SCAL + e * stride_ce + 3)
         for k0 in range(0, K, BK):
@@ -276,7 +277,7 @@ def _moe_down_resident(
     ws_e = WS + e * stride_se
     n_rows = tl.cdiv(N, 128)
     # the weight scales of each tile's two K-steps, loaded one tile ahead
-    row_a, row_b, _ = tile_scale_rows(first_n * BN + tl.arange(0, BN), first_n, 0, BN, False)
+    row_a, row_b, _ = tile_scale_rows(first_n, 0, BN, False)
     s0a, s0b = weight_scale_pair(ws_e, row_a, row_b, 0, K, n_rows, stride_s1, stride_s2)
     if KSTEPS == 2:
         s1a, s1b = weight_scale_pair(ws_e, row_a, row_b, 128, K, n_rows, stride_s1, stride_s2)
@@ -286,17 +287,17 @@ def _moe_down_resident(
         mask_n = offs_n < N
         w_base = W + e * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
         w_row0 = (e * N + pid_n * BN).to(tl.int32)
-        row_a, row_b, pick_b = tile_scale_rows(offs_n, pid_n, 0, BN, False)
-        nxt_a, nxt_b, _ = tile_scale_rows(offs_n + BN, pid_n + 1, 0, BN, False)
+        row_a, row_b, pick_b = tile_scale_rows(pid_n, 0, BN, False)
+        nxt_a, nxt_b, _ = tile_scale_rows(pid_n + 1, 0, BN, False)
         s0a_next, s0b_next = weight_scale_pair(ws_e, nxt_a, nxt_b, 0, K, n_rows, stride_s1, stride_s2)
         if KSTEPS == 2:
             s1a_next, s1b_next = weight_scale_pair(ws_e, nxt_a, nxt_b, 128, K, n_rows, stride_s1, stride_s2)
         w0 = weight_tile(w_base, mask_n, offs_k, offs_k < K, W_DESC, w_row0, 0, TMA)
-        acc = block_scaled_dot(a0, sa0, w0, tl.where(pick_b, s0b, s0a), SWAP)
+        acc = block_scaled_dot(a0, sa0, w0, tl.where(pick_b, s0b, s0a), s0a, s0b, pick_b, SWAP)
         s0a, s0b = s0a_next, s0b_next
         if KSTEPS == 2:
             w1 = weight_tile(w_base, mask_n, offs_k + 128, offs_k + 128 < K, W_DESC, w_row0, 128, TMA)
-            acc = acc + block_scaled_dot(a1, sa1, w1, tl.where(pick_b, s1b, s1a), SWAP)
+            acc = acc + block_scaled_dot(a1, sa1, w1, tl.where(pick_b, s1b, s1a), s1a, s1b, pick_b, SWAP)
             s1a, s1b = s1a_next, s1b_next
         if SWAP:
             acc = tl.trans(acc)
