@@ -10,7 +10,8 @@ benchmarks/kernels-sweep-h100-2026-11-23-qout.json; version 12: MXFP4 scale code
 M <= 256 re-swept, benchmarks/kernels-sweep-h100-2026-11-24-prefetch.json; version 13: FP8 weight scales as two
 scalars per tile, gemm2 with several output tiles per program for DeepSeek-V3 TP8,
 benchmarks/kernels-sweep-h100-2026-11-24-resident.json; TP1 M >= 1024 re-swept,
-benchmarks/kernels-sweep-h100-2026-11-24-tp1-scales.json).
+benchmarks/kernels-sweep-h100-2026-11-24-tp1-scales.json; version 14: the FP8 K-step's accumulate as one
+fused multiply-add, TP1 M >= 1024 re-swept and kept, benchmarks/kernels-sweep-h100-2026-11-24-s8-tp1.json).
 Any other shape uses the table of the nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
