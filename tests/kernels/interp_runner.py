@@ -21,22 +21,25 @@ def main(names):
     plain tiles and with swap-AB tiles (W @ A.T); MXFP4 cases also a fourth, sorted + swap-AB with K steps of 256 (longer than
     the case's K: the masked tail of a K step). Reports the error against plain float64 and, for fp8, against float64 with the activation
     quantization emulated (the kernel's rounding, checked tightly). FP8 cases also a fifth, sorted + swap-AB
-    with the weight tiles read through TMA tensor descriptors."""
+    with the weight tiles read through TMA tensor descriptors; fp8_block cases a sixth, sorted with plain
+    256-column tiles (gemm2's tile spans two 128-row weight-scale blocks, gemm1's 128 gate/up pairs)."""
     results = {}
     for name in names:
-        runs = [(False, torch.float32, 64, False, False), (True, torch.float16, 64, False, False),
-                (False, torch.float32, 64, True, False), (True, torch.float16, 64, True, False)]
+        runs = [(False, torch.float32, 64, False, False, 32), (True, torch.float16, 64, False, False, 32),
+                (False, torch.float32, 64, True, False, 32), (True, torch.float16, 64, True, False, 32)]
         if CASES[name][0] == "mxfp4":
-            runs.append((False, torch.float32, 256, True, False))
+            runs.append((False, torch.float32, 256, True, False, 32))
         else:
-            runs.append((False, torch.float32, 64, True, True))
-        for per_pair, x_dtype, bk, swap, tma in runs:
+            runs.append((False, torch.float32, 64, True, True, 32))
+        if CASES[name][0] == "fp8_block":
+            runs.append((False, torch.float32, 128, False, False, 256))
+        for per_pair, x_dtype, bk, swap, tma, bn in runs:
             x, tw, ids, local, stored, meta = make_case(name, seed=len(results), x_dtype=x_dtype)
-            g = GemmConfig(block_n=32, block_k=bk, num_warps=4, num_stages=1, swap_ab=swap, tma=tma)
+            g = GemmConfig(block_n=bn, block_k=bk, num_warps=4, num_stages=1, swap_ab=swap, tma=tma)
             cfg = MoEConfig(per_pair=per_pair, block_m=16, gemm1=g, gemm2=g, prequant=not per_pair)
             out = fused_moe(x, tw, ids, stored, meta, config=cfg)
             key = (f"{name}/{'pair' if per_pair else 'sorted'}/{str(x_dtype)[6:]}/bk{bk}{'/swap' if swap else ''}"
-                   f"{'/tma' if tma else ''}")
+                   f"{'/tma' if tma else ''}{f'/bn{bn}' if bn != 32 else ''}")
             if out.dtype != x.dtype or out.shape != x.shape:
                 results[key] = {"plain": float("inf")}
                 continue
