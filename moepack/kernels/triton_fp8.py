@@ -3,7 +3,8 @@
 - fp8_block (DeepSeek-V3, Qwen3): weight scales per 128x128 block; the activation tile of a K-step
   (BK = 128 = one group) is quantized per row on the fly: s = max(|a|, 1e-10) / 448, q = rne(a / s),
   exactly what a separate per-token-group quantization pass would write, so no extra pass and no extra
-  bytes. acc += dot(q_a, q_w^T) * s_a[:, None] * s_w[None, :].
+  bytes. acc += dot(q_a, q_w^T) * (s_a[:, None] * s_w[None, :]) (`block_scaled_dot`: the factor first, so
+  one fused multiply-add per element on plain tiles).
 - fp8_tensor (ModelOpt): one static input scale per expert; q = rne(clamp(a / s_in, +-448)); the weight
   and input scalars are applied once in the epilogue.
 Weights are stored [E, N, K] K-contiguous (the Triton layout only interleaves w13's gate/up rows),
