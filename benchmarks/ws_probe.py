@@ -2,8 +2,10 @@
 producer warpgroup and two consumer warpgroups, each 64 rows of the tile) speed up a 128x128 block-scaled FP8
 GEMM with contiguous TMA operands? Two dense GEMMs of the DeepSeek TP1 shapes, the same loop with and without
 it, and torch._scaled_mm (per-tensor scale, the FP8 roof) beside them; each config in its own process with a
-time limit, so a launch that never returns is reported instead of waited on. Result on the H100, triton 3.6,
-2026-11-24: without WS 846 / 765-796 TFLOP/s; every WS config gave no result within 30 s.
+time limit, so a launch that never returns is reported instead of waited on. The configs without scales (a
+plain FP8 GEMM, acc = dot(a, b.T, acc)) tell a hang of the specialised loop itself from one of its scale loads.
+Results on the H100, triton 3.6: RESULTS.md ("Kernels"; sixth session: without WS 846 / 765-796 TFLOP/s,
+every WS config without a result within 30 s).
 
     python benchmarks/ws_probe.py [--timeout 60] [--out FILE]
 """
@@ -25,7 +27,7 @@ from kernels import graph_time  # noqa: E402
 
 @triton.jit
 def _bs_gemm(a_desc, b_desc, AS, BS, C, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-             GROUP_M: tl.constexpr, WS: tl.constexpr, STAGES: tl.constexpr):
+             GROUP_M: tl.constexpr, WS: tl.constexpr, STAGES: tl.constexpr, SCALED: tl.constexpr):
     pid = tl.program_id(0)
     nm = M // BM
     nn = N // BN
@@ -43,36 +45,41 @@ def _bs_gemm(a_desc, b_desc, AS, BS, C, M, N, K, BM: tl.constexpr, BN: tl.conste
     for kk in tl.range(0, nk, warp_specialize=WS, num_stages=STAGES):
         a = a_desc.load([om, kk * BK])
         b = b_desc.load([on, kk * BK])
-        sa = tl.load(AS + rows * nk + kk)
-        if BN == 128:
+        if not SCALED:
+            acc = tl.dot(a, b.T, acc)
+        elif BN == 128:
+            sa = tl.load(AS + rows * nk + kk)
             sb = tl.load(BS + (on // 128) * nk + kk)
             acc += tl.dot(a, b.T) * (sa[:, None] * sb)
         else:
+            sa = tl.load(AS + rows * nk + kk)
             sb = tl.load(BS + ((on + tl.arange(0, BN)) // 128) * nk + kk)
             acc += tl.dot(a, b.T) * (sa[:, None] * sb[None, :])
     rn = on + tl.arange(0, BN)
     tl.store(C + rows[:, None].to(tl.int64) * N + rn[None, :], acc.to(tl.bfloat16))
 
 
-def bs_gemm(a, a_s, b, b_s, c, BM, BN, ws, stages, nw):
+def bs_gemm(a, a_s, b, b_s, c, BM, BN, ws, stages, nw, scaled=True):
     M, K = a.shape
     N = b.shape[0]
     ad = TensorDescriptor.from_tensor(a, [BM, 128])
     bd = TensorDescriptor.from_tensor(b, [BN, 128])
     grid = ((M // BM) * (N // BN),)
     _bs_gemm[grid](ad, bd, a_s, b_s, c, M, N, K, BM=BM, BN=BN, BK=128, GROUP_M=8, WS=ws, STAGES=stages,
-                   num_warps=nw, num_stages=stages)
+                   SCALED=scaled, num_warps=nw, num_stages=stages)
 
 
 SHAPES = [("tp1 gemm1 M=4096", 32768, 4096, 7168), ("tp1 gemm2 M=16384", 131072, 7168, 2048)]
-CONFIGS = [(False, 8, 128, 128, 4), (False, 4, 64, 128, 4), (True, 4, 128, 128, 3), (True, 4, 128, 256, 3)]
+# (warp_specialize, num_warps, BM, BN, stages, scaled)
+CONFIGS = [(False, 8, 128, 128, 4, True), (False, 4, 64, 128, 4, True), (True, 4, 128, 128, 3, True),
+           (True, 4, 128, 256, 3, True), (False, 8, 128, 128, 3, False), (True, 4, 128, 128, 3, False)]
 
 
 def one(si: int, ci: int) -> dict:
     """Time config ci on shape si (run in its own process: a launch that never returns is reported, not waited on)."""
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     name, M, N, K = SHAPES[si]
-    ws, nw, BM, BN, st = CONFIGS[ci]
+    ws, nw, BM, BN, st, scaled = CONFIGS[ci]
     g = torch.Generator(device="cuda").manual_seed(0)
     A = (torch.randn(M, K, device="cuda", generator=g) * 8).clamp(-448, 448).to(torch.float8_e4m3fn)
     B = (torch.randn(N, K, device="cuda", generator=g) * 8).clamp(-448, 448).to(torch.float8_e4m3fn)
@@ -80,17 +87,20 @@ def one(si: int, ci: int) -> dict:
     Bs = torch.rand(N // 128, K // 128, device="cuda", generator=g) + 0.5
     C = torch.empty(M, N, dtype=torch.bfloat16, device="cuda")
     r = slice(0, 256)
-    ref = ((A[r].float() * As[r].repeat_interleave(128, 1)) @
-           (B.float() * Bs.repeat_interleave(128, 0).repeat_interleave(128, 1)).T)
+    if scaled:
+        ref = ((A[r].float() * As[r].repeat_interleave(128, 1)) @
+               (B.float() * Bs.repeat_interleave(128, 0).repeat_interleave(128, 1)).T)
+    else:
+        ref = A[r].float() @ B.float().T
     if ci == 0:
         one_ = torch.tensor(1.0, device="cuda")
         t_mm = graph_time(lambda: torch._scaled_mm(A, B.T, one_, one_, out_dtype=torch.bfloat16))
-    fn = lambda: bs_gemm(A, As, B, Bs, C, BM, BN, ws, st, nw)  # noqa: E731
+    fn = lambda: bs_gemm(A, As, B, Bs, C, BM, BN, ws, st, nw, scaled)  # noqa: E731
     fn()
     torch.cuda.synchronize()
     err = float((C[r].float() - ref).norm() / ref.norm())
     t = graph_time(fn)
-    row = {"shape": name, "ws": ws, "num_warps": nw, "BM": BM, "BN": BN, "stages": st, "us": t * 1e6,
+    row = {"shape": name, "ws": ws, "num_warps": nw, "BM": BM, "BN": BN, "stages": st, "scaled": scaled, "us": t * 1e6,
            "TFLOPs": 2 * M * N * K / t / 1e12, "rel_err": err}
     if ci == 0:
         row["scaled_mm_us"] = t_mm * 1e6
