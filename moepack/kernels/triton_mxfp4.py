@@ -92,14 +92,22 @@ def _expand_scale_bf16(scale, BN: tl.constexpr, BK: tl.constexpr, CH: tl.constex
 #   (hi b2, hi b3) = (((w >> 7) & 0x00D800D8) * 0x821) & M      (the three shifted copies never overlap)
 # with M = 0x81C081C0: sign at bf16 bit 15, magnitude at bits 8..6, i.e. the FP4 value times 2^-126
 # (code 1 is a bf16 subnormal). Without FOLD, mul.bf16x2 by 2^126 (0x7E80) makes it exact FP4.
+# The constants, written once for the PTX below and the portable `_word_codes` (the layout tests check them
+# against an independent decode):
+WORD_PAIR_MASK = 0x81C081C0     # M
+WORD_HI23_MASK = 0x00D800D8     # (hi b2, hi b3): the bits kept of w >> 7 ...
+WORD_HI23_MUL = 0x821           # ... and the multiplier that copies them into place
+
+
 def _bits_asm(fold: bool) -> str:
     """PTX: operand $4 = one word; outputs $0, $1 = low nibbles of bytes (0, 1), (2, 3); $2, $3 = high."""
     lines = ["{", ".reg .b32 t;" if fold else ".reg .b32 t, c;\nmov.b32 c, 0x7E807E80;"]
-    for out, expr in (("$0", "and.b32 $0, $4, 0x81C081C0;"),
-                      ("$1", "shl.b32 t, $4, 3; and.b32 $1, t, 0x81C081C0;"),
-                      ("$2", "shl.b32 t, $4, 6; and.b32 $2, t, 0x81C081C0;"),
-                      ("$3", "shr.b32 t, $4, 7; and.b32 t, t, 0x00D800D8; mul.lo.u32 t, t, 0x821; "
-                             "and.b32 $3, t, 0x81C081C0;")):
+    m, hm, hx = f"0x{WORD_PAIR_MASK:08X}", f"0x{WORD_HI23_MASK:08X}", f"0x{WORD_HI23_MUL:X}"
+    for out, expr in (("$0", f"and.b32 $0, $4, {m};"),
+                      ("$1", f"shl.b32 t, $4, 3; and.b32 $1, t, {m};"),
+                      ("$2", f"shl.b32 t, $4, 6; and.b32 $2, t, {m};"),
+                      ("$3", f"shr.b32 t, $4, 7; and.b32 t, t, {hm}; mul.lo.u32 t, t, {hx}; "
+                             f"and.b32 $3, t, {m};")):
         lines.append(expr)
         if not fold:
             lines.append(f"mul.rn.bf16x2 {out}, {out}, c;")
@@ -108,6 +116,8 @@ def _bits_asm(fold: bool) -> str:
 
 _BITS_ASM = tl.constexpr(_bits_asm(fold=False))
 _BITS_FOLD_ASM = tl.constexpr(_bits_asm(fold=True))
+_HI23_MASK = tl.constexpr(WORD_HI23_MASK)
+_HI23_MUL = tl.constexpr(WORD_HI23_MUL)
 
 
 @triton.jit
@@ -154,7 +164,7 @@ def _word_codes(p, BN: tl.constexpr, BK: tl.constexpr):
     q = tl.reshape(p.to(tl.int32), [BN // 16, BK * 2, 4])
     w = tl.sum(q << (8 * tl.arange(0, 4))[None, None, :], axis=2)
     lo = tl.join(_pair_codes(w), _pair_codes(w << 3))                 # [.., words, byte in pair, pair]
-    hi = tl.join(_pair_codes(w << 6), _pair_codes(((w >> 7) & 0x00D800D8) * 0x821))
+    hi = tl.join(_pair_codes(w << 6), _pair_codes(((w >> 7) & _HI23_MASK) * _HI23_MUL))
     lo = tl.reshape(tl.permute(lo, (0, 1, 3, 2)), [BN // 16, BK * 8])
     hi = tl.reshape(tl.permute(hi, (0, 1, 3, 2)), [BN // 16, BK * 8])
     return lo, hi
