@@ -276,8 +276,8 @@ def _moe_down_resident(
     wt = tl.load(TOPK_W + rows, mask=mask_m, other=0.0)
     ws_e = WS + e * stride_se
     n_rows = tl.cdiv(N, 128)
-    # the weight scales of each tile's two K-steps, loaded one tile ahead
-    row_a, row_b, _ = tile_scale_rows(first_n, 0, BN, False)
+    # the weight scales of each tile's two K-steps, loaded one tile ahead (pick_b is the same for every tile)
+    row_a, row_b, pick_b = tile_scale_rows(first_n, 0, BN, False)
     s0a, s0b = weight_scale_pair(ws_e, row_a, row_b, 0, K, n_rows, stride_s1, stride_s2)
     if KSTEPS == 2:
         s1a, s1b = weight_scale_pair(ws_e, row_a, row_b, 128, K, n_rows, stride_s1, stride_s2)
@@ -287,7 +287,6 @@ def _moe_down_resident(
         mask_n = offs_n < N
         w_base = W + e * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
         w_row0 = (e * N + pid_n * BN).to(tl.int32)
-        row_a, row_b, pick_b = tile_scale_rows(pid_n, 0, BN, False)
         nxt_a, nxt_b, _ = tile_scale_rows(pid_n + 1, 0, BN, False)
         s0a_next, s0b_next = weight_scale_pair(ws_e, nxt_a, nxt_b, 0, K, n_rows, stride_s1, stride_s2)
         if KSTEPS == 2:
