@@ -75,23 +75,52 @@ CONFIGS = [(False, 8, 128, 128, 4, True), (False, 4, 64, 128, 4, True), (True, 4
            (True, 4, 128, 256, 3, True), (False, 8, 128, 128, 3, False), (True, 4, 128, 128, 3, False)]
 
 
-def one(si: int, ci: int) -> dict:
-    """Time config ci on shape si (run in its own process: a launch that never returns is reported, not waited on)."""
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-    name, M, N, K = SHAPES[si]
-    ws, nw, BM, BN, st, scaled = CONFIGS[ci]
+def dense_inputs(M: int, N: int, K: int):
+    """-> A [M, K], As [M, K/128], B [N, K], Bs [N/128, K/128] on the GPU (e4m3 operands, float32 scales)."""
     g = torch.Generator(device="cuda").manual_seed(0)
     A = (torch.randn(M, K, device="cuda", generator=g) * 8).clamp(-448, 448).to(torch.float8_e4m3fn)
     B = (torch.randn(N, K, device="cuda", generator=g) * 8).clamp(-448, 448).to(torch.float8_e4m3fn)
     As = torch.rand(M, K // 128, device="cuda", generator=g) + 0.5
     Bs = torch.rand(N // 128, K // 128, device="cuda", generator=g) + 0.5
+    return A, As, B, Bs
+
+
+def dense_reference(A, As, B, Bs, r: slice, scaled: bool) -> torch.Tensor:
+    """float32 rows r of (A * As) @ (B * Bs).T (the scales per 128-group / 128x128 block), or A @ B.T."""
+    if not scaled:
+        return A[r].float() @ B.float().T
+    return ((A[r].float() * As[r].repeat_interleave(128, 1)) @
+            (B.float() * Bs.repeat_interleave(128, 0).repeat_interleave(128, 1)).T)
+
+
+def run_isolated(script: str, shapes: list, configs: list, config_ids, timeout: int) -> list[dict]:
+    """Run `script --one si ci` for every shape and config in its own process with a time limit: a launch
+    that never returns is reported as such, not waited on. -> the rows (each process prints one JSON line)."""
+    import subprocess
+    rows = []
+    for si in range(len(shapes)):
+        for ci in config_ids:
+            try:
+                p = subprocess.run([sys.executable, script, "--one", str(si), str(ci)], capture_output=True,
+                                   text=True, timeout=timeout)
+                row = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
+                    {"shape": shapes[si][0], "config": configs[ci], "failed": p.stderr.strip()[-400:]}
+            except subprocess.TimeoutExpired:
+                row = {"shape": shapes[si][0], "config": configs[ci], "failed": f"no result in {timeout} s"}
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
+def one(si: int, ci: int) -> dict:
+    """Time config ci on shape si (run in its own process: a launch that never returns is reported, not waited on)."""
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    name, M, N, K = SHAPES[si]
+    ws, nw, BM, BN, st, scaled = CONFIGS[ci]
+    A, As, B, Bs = dense_inputs(M, N, K)
     C = torch.empty(M, N, dtype=torch.bfloat16, device="cuda")
     r = slice(0, 256)
-    if scaled:
-        ref = ((A[r].float() * As[r].repeat_interleave(128, 1)) @
-               (B.float() * Bs.repeat_interleave(128, 0).repeat_interleave(128, 1)).T)
-    else:
-        ref = A[r].float() @ B.float().T
+    ref = dense_reference(A, As, B, Bs, r, scaled)
     if ci == 0:
         one_ = torch.tensor(1.0, device="cuda")
         t_mm = graph_time(lambda: torch._scaled_mm(A, B.T, one_, one_, out_dtype=torch.bfloat16))
@@ -108,7 +137,6 @@ def one(si: int, ci: int) -> dict:
 
 
 def main():
-    import subprocess
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "ws_probe.json"))
     ap.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -117,18 +145,7 @@ def main():
     if a.one:
         print(json.dumps(one(*a.one)))
         return
-    rows = []
-    for si in range(len(SHAPES)):
-        for ci in range(len(CONFIGS)):
-            try:
-                p = subprocess.run([sys.executable, __file__, "--one", str(si), str(ci)], capture_output=True,
-                                   text=True, timeout=a.timeout)
-                row = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
-                    {"shape": SHAPES[si][0], "config": CONFIGS[ci], "failed": p.stderr.strip()[-300:]}
-            except subprocess.TimeoutExpired:
-                row = {"shape": SHAPES[si][0], "config": CONFIGS[ci], "failed": f"no result in {a.timeout} s"}
-            print(row, flush=True)
-            rows.append(row)
+    rows = run_isolated(__file__, SHAPES, CONFIGS, range(len(CONFIGS)), a.timeout)
     json.dump({"device": torch.cuda.get_device_name(), "triton": triton.__version__, "rows": rows},
               open(a.out, "w"), indent=1)
 
