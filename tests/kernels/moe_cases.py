@@ -144,11 +144,12 @@ def _rand_fp8(shape, g, scale=1.0):
     return (torch.randn(shape, generator=g) * scale).clamp(-448, 448).to(torch.float8_e4m3fn)
 
 
-def make_case(name: str, seed: int = 0, x_dtype=torch.float32, Ip: int | None = None):
+def make_case(name: str, seed: int = 0, x_dtype=torch.float32, Ip: int | None = None, H: int | None = None,
+              T: int | None = None):
     """-> (x, topk_weights, topk_ids, local LocalExperts, stored dict role -> tensor, meta dict);
-    Ip: another intermediate size than the case's."""
-    quant, act, gated, has_bias, T, E, k, H, case_ip = CASES[name]
-    Ip = Ip or case_ip
+    Ip, H, T: another intermediate size, hidden size, token count than the case's."""
+    quant, act, gated, has_bias, case_t, E, k, case_h, case_ip = CASES[name]
+    Ip, H, T = Ip or case_ip, H or case_h, T or case_t
     g = torch.Generator().manual_seed(seed)
     R = 2 * Ip if gated else Ip
     kw = {}

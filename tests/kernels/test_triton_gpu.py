@@ -243,3 +243,29 @@ def test_resident_down_same_bits_gpu(block_m, swap, ip):
         outs.append(triton_moe.fused_moe(*args, config=cfg))
     assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
     assert rel_err(outs[1], expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
+
+
+@cuda
+@pytest.mark.parametrize("ip", [256, 384])
+def test_ws_down_same_bits_gpu(ip):
+    """gemm2 by the Hopper warp-specialised Gluon kernel (`gluon_fp8.moe_down_ws`) gives the bits of
+    `_moe_gemm` with the same tiles: K = Ip of two or three 128-groups (three: the single-step tail after the
+    pairs), N = H = 512 (two 256-column programs per block), 150 tokens x 2 slots over 4 experts (two blocks
+    of 64 per expert, the second padded), grouped 3 blocks at a time (the last group short: programs past N
+    must not run)."""
+    from moepack.kernels import triton_moe
+    from moepack.kernels.configs import GemmConfig, MoEConfig
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised gemm2 runs on compute capability 9.0 only")
+    x, tw, ids, local, stored, meta = make_case("fp8_block_silu", seed=31, x_dtype=torch.bfloat16, Ip=ip, H=512,
+                                                T=150)
+    st = _to(stored, "cuda")
+    g1 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True)
+    outs = []
+    for ws in (False, True):
+        g2 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True, ws=ws)
+        cfg = MoEConfig(per_pair=False, block_m=64, gemm1=g1, gemm2=g2, prequant=True, group_m=3)
+        assert triton_moe.ws_down_applies(triton_moe.MoEMeta(**meta), cfg, g2, st["w2_weight"], 512, ip) == ws
+        outs.append(triton_moe.fused_moe(x.cuda(), tw.cuda(), ids.cuda(), st, meta, config=cfg))
+    assert rel_err(outs[1], expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
+    assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
