@@ -158,7 +158,11 @@ def _moe_down_ws(A, stride_am, AS, stride_asm, w_desc, WS, stride_se, stride_s1,
 def moe_down_ws(a2, a2s, w2, w2s, y, topk_w, sorted_ids, expert_ids, num_blocks, grid_m, P, N, K,
                 stages: int = 4, group_m: int = 8):
     """y [P, N] = gemm2 of fp8_block with prequant: a2 [P, K] float8_e4m3fn with group scales a2s [P, K/128]
-    float32, w2 [E, N, K] float8_e4m3fn with block scales w2s [E, N/128, K/128] float32, topk_w [P] float32; the routing sort's (sorted_ids, expert_ids, num_blocks) for block_m = 64."""
+    float32, w2 [E, N, K] float8_e4m3fn with block scales w2s [E, N/128, K/128] float32, topk_w [P] float32;
+    the routing sort's (sorted_ids, expert_ids, num_blocks) for block_m = 64.
+    Shared memory: stages x 40 KiB for the ring + 32 KiB for the store staging, so stages <= 4."""
+    if not 2 <= stages <= 4:
+        raise ValueError(f"moe_down_ws: stages must be 2..4 (shared memory), got {stages}")
     E = w2.shape[0]
     layout = gl.NVMMASharedLayout.get_default_for([BNH, 128], gl.float8e4nv)
     w_desc = TensorDescriptor(w2.view(E * N, K), [E * N, K], [K, 1], [BNH, 128], layout)

@@ -375,6 +375,11 @@ def fp4_tiled(meta: MoEMeta, stage: int, N: int, K: int) -> bool:
 def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta, cfg, gcfg, topk, pdl, A_scale=None,
                  out_scale=None, round_code=0):
     sorted_ids, expert_ids, num_blocks, topk_ids, grid_m = route
+    if stage == 2 and bias is None and ws_down_applies(meta, cfg, gcfg, W, N, K):
+        from .gluon_fp8 import moe_down_ws
+        moe_down_ws(A, A_scale, W, WS, out, topk_w, sorted_ids, expert_ids, num_blocks, grid_m, P, N, K,
+                    stages=gcfg.num_stages, group_m=cfg.group_m)
+        return
     act = meta.activation
     fmt = FMT[meta.quant]
     se, s1, s2 = _strides3(WS) if fmt != 2 else (0, 0, 0)
@@ -382,11 +387,6 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
     bk = 128 if fmt == 1 else gcfg.block_k
     dummy = out
     desc = weight_descriptor(W, N, K, gcfg.block_n, bk) if gcfg.tma and fmt != 0 else None
-    if stage == 2 and bias is None and ws_down_applies(meta, cfg, gcfg, W, N, K):
-        from .gluon_fp8 import moe_down_ws
-        moe_down_ws(A, A_scale, W, WS, out, topk_w, sorted_ids, expert_ids, num_blocks, grid_m, P, N, K,
-                    stages=gcfg.num_stages, group_m=cfg.group_m)
-        return
     if stage == 2 and resident_down(meta, cfg, gcfg, K):
         grid = (grid_m * triton.cdiv(triton.cdiv(N, gcfg.block_n), gcfg.n_tiles),)
         _moe_down_resident[grid](
@@ -429,8 +429,9 @@ def resident_down(meta: MoEMeta, cfg: configs.MoEConfig, gcfg: configs.GemmConfi
 def ws_down_applies(meta: MoEMeta, cfg: configs.MoEConfig, gcfg: configs.GemmConfig, W: torch.Tensor, N: int,
                     K: int) -> bool:
     """Whether gemm2 runs the Hopper warp-specialised Gluon kernel (`gluon_fp8.moe_down_ws`): the config asks
-    for it (`gcfg.ws`), no w2 bias (checked by the caller), fp8_block with prequant on the sorted path with block_m 64, K % 128 == 0,
-    N % 256 == 0, W [E, N, K] contiguous, on a compute capability 9.0 GPU with a Triton that has Gluon.
+    for it (`gcfg.ws`), no w2 bias (checked by the caller), fp8_block with prequant on the sorted path with
+    block_m 64, K % 128 == 0, N % 256 == 0, W [E, N, K] contiguous, on a compute capability 9.0 GPU with a
+    Triton that has Gluon.
     Elsewhere `_moe_gemm` runs the same config (block_n, stages, warps): the same bits."""
     if not (gcfg.ws and prequantizes(meta, cfg) and not cfg.per_pair and not gcfg.swap_ab and cfg.block_m == 64
             and K % 128 == 0 and N % 256 == 0 and W.dim() == 3 and W.is_contiguous() and not _INTERPRETED):
