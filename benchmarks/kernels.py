@@ -207,8 +207,9 @@ def sweep_candidates(quant: str, M: int, Ip: int = 0) -> list[tuple[tuple, list]
     opts = [(opt, gs + [dataclasses.replace(g, tma=True) for g in gs]) for opt, gs in _fp8_candidates(M)]
     if 0 < Ip <= 256:
         opts = [(opt, gs + _resident_candidates(opt)) for opt, gs in opts]
-    elif M >= 1024:     # gemm2 by the Hopper warp-specialised Gluon kernel (block_m 64, 256-column tiles)
-        opts = [(opt, gs + ([GemmConfig(256, 128, 8, st, tma=True, ws=True) for st in (3, 4)]
+    elif M >= 1024:     # both GEMMs by the Hopper warp-specialised Gluon kernels (block_m 64, 256-column tiles)
+        # (5 stages fit gemm1's only; as gemm2 the launch refuses them and the sweep records inf)
+        opts = [(opt, gs + ([GemmConfig(256, 128, 8, st, tma=True, ws=True) for st in (3, 4, 5)]
                             if opt == (False, 64, True) else [])) for opt, gs in opts]
     return opts
 
@@ -337,8 +338,8 @@ def precompile(jobs, workers):
 
 
 def _stages(g) -> tuple:
-    """The GEMMs a candidate tile is timed as: gemm2 only for n_tiles > 1 or ws (gemm1 has neither)."""
-    return (2,) if g.n_tiles > 1 or g.ws else (1, 2)
+    """The GEMMs a candidate tile is timed as: gemm2 only for n_tiles > 1 (gemm1 has no such tile)."""
+    return (2,) if g.n_tiles > 1 else (1, 2)
 
 
 def sweep(cases, Ms, out_path, workers):

@@ -13,7 +13,8 @@ benchmarks/kernels-sweep-h100-2026-11-24-resident.json; TP1 M >= 1024 re-swept,
 benchmarks/kernels-sweep-h100-2026-11-24-tp1-scales.json; version 14: the FP8 K-step's accumulate as one
 fused multiply-add, TP1 M >= 1024 re-swept and kept, benchmarks/kernels-sweep-h100-2026-11-24-s8-tp1.json;
 version 15: TP1 gemm2 at M >= 1024 by the warp-specialised Gluon kernel (`ws`),
-benchmarks/kernels-sweep-h100-2026-11-24-s9-tp1-ws.json).
+benchmarks/kernels-sweep-h100-2026-11-24-s9-tp1-ws.json; version 16: TP1 gemm1 at M >= 1024 by its Gluon
+twin, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp1-ws-up.json).
 Any other shape uses the table of the nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
@@ -34,9 +35,10 @@ else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 - tma (per GEMM, FP8): weight tiles are copied by the Hopper tensor-memory accelerator from a descriptor
   over w [E * N, K] instead of by per-thread async copies; taken only where block_n divides N (else the
   pointer loads, same bits).
-- ws (gemm2, fp8_block with prequant on the sorted path, block_m 64, block_n 256, stages <= 4): run by
-  `gluon_fp8.moe_down_ws` on compute capability 9.0 (a loader warpgroup and two consumer warpgroups, no
-  CTA-wide barrier in the K loop); elsewhere `_moe_gemm` with the same tile, which gives the same bits.
+- ws (fp8_block with prequant on the sorted path, block_m 64, block_n 256, stages <= 4): run by
+  `gluon_fp8.moe_down_ws` (gemm2) or `gluon_fp8.moe_up_ws` (gemm1, silu-gated, quantizing gemm2's input in
+  its epilogue) on compute capability 9.0 (a loader warpgroup and two consumer warpgroups, no CTA-wide
+  barrier in the K loop); elsewhere `_moe_gemm` with the same tile, which gives the same bits.
 - n_tiles (gemm2, fp8_block with prequant on the sorted path, K = the rank's intermediate size <= 256): output
   tiles per program. Each program holds its block's quantized rows and walks n_tiles tiles of y, the weight
   tiles of the next streaming in during this one's MMA and epilogue (`triton_moe._moe_down_resident`);
@@ -56,7 +58,7 @@ class GemmConfig:
     swap_ab: bool = False      # accumulate [BN, BM] = W @ A.T (weights on the MMA's wide side)
     tma: bool = False          # FP8: weight tiles through a TMA tensor descriptor (N % block_n == 0)
     n_tiles: int = 1           # gemm2, fp8_block + prequant, K <= 256: output tiles per program (A held)
-    ws: bool = False           # gemm2, fp8_block + prequant: Hopper warp-specialised Gluon kernel where it runs
+    ws: bool = False           # fp8_block + prequant: Hopper warp-specialised Gluon kernel where it runs
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,9 @@ TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
         8: (False, 16, True, G(128, 128, 4, 5, True, tma=True), G(128, 128, 4, 5, True, tma=True)),
         64: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(64, 128, 4, 5, True, tma=True)),
         256: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(128, 128, 4, 5, True)),
-        1024: (False, 64, True, G(256, 128, 8, 4, tma=True), G(256, 128, 8, 4, tma=True, ws=True)),
-        4096: (False, 64, True, G(128, 128, 4, 3, tma=True), G(256, 128, 8, 4, tma=True, ws=True)),
-        16384: (False, 64, True, G(256, 128, 8, 4, tma=True), G(256, 128, 8, 4, tma=True, ws=True)),
+        1024: (False, 64, True, G(256, 128, 8, 4, tma=True, ws=True), G(256, 128, 8, 4, tma=True, ws=True)),
+        4096: (False, 64, True, G(256, 128, 8, 4, tma=True, ws=True), G(128, 128, 4, 3, tma=True)),
+        16384: (False, 64, True, G(256, 128, 8, 4, tma=True, ws=True), G(256, 128, 8, 4, tma=True, ws=True)),
     },
 }
 

@@ -380,6 +380,11 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         moe_down_ws(A, A_scale, W, WS, out, topk_w, sorted_ids, expert_ids, num_blocks, grid_m, P, N, K,
                     stages=gcfg.num_stages, group_m=cfg.group_m)
         return
+    if stage == 1 and bias is None and out_scale is not None and ws_up_applies(meta, cfg, gcfg, W, N, K):
+        from .gluon_fp8 import moe_up_ws
+        moe_up_ws(A, A_scale, W, WS, out, out_scale, sorted_ids, expert_ids, num_blocks, grid_m, P, N, K, topk,
+                  round_code, stages=gcfg.num_stages, group_m=cfg.group_m)
+        return
     act = meta.activation
     fmt = FMT[meta.quant]
     se, s1, s2 = _strides3(WS) if fmt != 2 else (0, 0, 0)
@@ -433,6 +438,22 @@ def ws_down_applies(meta: MoEMeta, cfg: configs.MoEConfig, gcfg: configs.GemmCon
     block_m 64, K % 128 == 0, N % 256 == 0, W [E, N, K] contiguous, on a compute capability 9.0 GPU with a
     Triton that has Gluon.
     Elsewhere `_moe_gemm` runs the same config (block_n, stages, warps): the same bits."""
+    return _ws_runs(meta, cfg, gcfg, W, N, K)
+
+
+def ws_up_applies(meta: MoEMeta, cfg: configs.MoEConfig, gcfg: configs.GemmConfig, W: torch.Tensor, N: int,
+                  K: int) -> bool:
+    """Whether gemm1 runs the Hopper warp-specialised Gluon kernel (`gluon_fp8.moe_up_ws`): as
+    `ws_down_applies`, and the layer is silu-gated (no clamp), no w13 bias (checked by the caller), with
+    256-column tiles that quantize gemm2's input in their epilogue (`fuses_quant`).
+    Elsewhere `_moe_gemm` runs the same config: the same bits."""
+    act = meta.activation
+    return (meta.gated and act.kind == "silu" and act.limit is None and gcfg.block_n == 256
+            and fuses_quant(meta, cfg) and _ws_runs(meta, cfg, gcfg, W, N, K))
+
+
+def _ws_runs(meta, cfg, gcfg, W, N, K) -> bool:
+    """What both warp-specialised Gluon kernels need (64-row blocks, 256-column tiles of [128, 128] TMA boxes)."""
     if not (gcfg.ws and prequantizes(meta, cfg) and not cfg.per_pair and not gcfg.swap_ab and cfg.block_m == 64
             and K % 128 == 0 and N % 256 == 0 and W.dim() == 3 and W.is_contiguous() and not _INTERPRETED):
         return False

@@ -269,3 +269,51 @@ def test_ws_down_same_bits_gpu(ip):
         outs.append(triton_moe.fused_moe(x.cuda(), tw.cuda(), ids.cuda(), st, meta, config=cfg))
     assert rel_err(outs[1], expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
     assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
+
+
+def _stage1(x, tw, ids, st, meta, cfg):
+    """gemm1 with the quantization of its output alone -> (a2 [P, Ip] e4m3 as uint8, a2s [P, Ip/128])."""
+    from moepack.kernels import triton_moe
+    from moepack.kernels.align import max_blocks, moe_align
+    from moepack.kernels.triton_fp8 import quantize_groups
+    m = triton_moe.MoEMeta(**meta)
+    T, k = ids.shape
+    fl = ids.reshape(-1).to(torch.int32).contiguous()
+    s, e, nb = moe_align(ids, m.E_l, cfg.block_m)
+    route = (s, e, nb, fl, max_blocks(T * k, m.E_l, cfg.block_m))
+    a1, a1s = quantize_groups(x)
+    a2, a2s = triton_moe.stage1(x, a1, a1s, st, None, tw.reshape(-1).float().contiguous(), route, m, cfg, k, False)
+    return a2.view(torch.uint8), a2s
+
+
+@cuda
+@pytest.mark.parametrize("ip,h,dtype", [(256, 512, torch.bfloat16), (384, 640, torch.bfloat16),
+                                        (256, 512, torch.float16)])
+def test_ws_up_same_bits_gpu(ip, h, dtype):
+    """gemm1 by the Hopper warp-specialised Gluon kernel (`gluon_fp8.moe_up_ws`) writes the bits of
+    `_moe_gemm` with the same tile and its quantized output (QOUT): gemm2's input a2 and its scales, and the
+    layer's output. K = H of four or five 128-groups (five: the single-step tail), N = 2 Ip of two or three
+    256-column tiles per block, each tile's 128 outputs quantized as one group from the maxima of both
+    consumer warpgroups; 150 tokens x 2 slots over 4 experts, grouped 3 blocks at a time (a short last
+    group); bfloat16 and float16 rounding of the intermediate."""
+    from moepack.kernels import triton_moe
+    from moepack.kernels.configs import GemmConfig, MoEConfig
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised gemm1 runs on compute capability 9.0 only")
+    x, tw, ids, local, stored, meta = make_case("fp8_block_silu", seed=37, x_dtype=dtype, Ip=ip, H=h, T=150)
+    st = _to(stored, "cuda")
+    xs, tws, idss = x.cuda(), tw.cuda(), ids.cuda()
+    valid = (idss.reshape(-1) >= 0)
+    g2 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True)
+    got = []
+    for ws in (False, True):
+        g1 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True, ws=ws)
+        cfg = MoEConfig(per_pair=False, block_m=64, gemm1=g1, gemm2=g2, prequant=True, group_m=3)
+        assert triton_moe.ws_up_applies(triton_moe.MoEMeta(**meta), cfg, g1, st["w13_weight"], 2 * ip, h) == ws
+        a2, a2s = _stage1(xs, tws, idss, st, meta, cfg)
+        out = triton_moe.fused_moe(xs, tws, idss, st, meta, config=cfg)
+        got.append((a2[valid], a2s[valid], out))
+    assert rel_err(got[1][2], expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
+    assert torch.equal(got[0][0], got[1][0])
+    assert torch.equal(got[0][1], got[1][1])
+    assert torch.equal(got[0][2].view(torch.int16), got[1][2].view(torch.int16))
