@@ -14,7 +14,8 @@ benchmarks/kernels-sweep-h100-2026-11-24-tp1-scales.json; version 14: the FP8 K-
 fused multiply-add, TP1 M >= 1024 re-swept and kept, benchmarks/kernels-sweep-h100-2026-11-24-s8-tp1.json;
 version 15: TP1 gemm2 at M >= 1024 by the warp-specialised Gluon kernel (`ws`),
 benchmarks/kernels-sweep-h100-2026-11-24-s9-tp1-ws.json; version 16: TP1 gemm1 at M >= 1024 by its Gluon
-twin, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp1-ws-up.json).
+twin, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp1-ws-up.json, and both persistent (one program per
+multiprocessor) where that won, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp1-persistent.json).
 Any other shape uses the table of the nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
@@ -39,6 +40,8 @@ else TP1) at its own M bucket; M between buckets uses the next larger bucket.
   `gluon_fp8.moe_down_ws` (gemm2) or `gluon_fp8.moe_up_ws` (gemm1, silu-gated, quantizing gemm2's input in
   its epilogue) on compute capability 9.0 (a loader warpgroup and two consumer warpgroups, no CTA-wide
   barrier in the K loop); elsewhere `_moe_gemm` with the same tile, which gives the same bits.
+- persistent (ws only): one program per multiprocessor, each walking every grid-th tile, so the next
+  tile's loads run under this one's epilogue; else one program per tile. Same bits either way.
 - n_tiles (gemm2, fp8_block with prequant on the sorted path, K = the rank's intermediate size <= 256): output
   tiles per program. Each program holds its block's quantized rows and walks n_tiles tiles of y, the weight
   tiles of the next streaming in during this one's MMA and epilogue (`triton_moe._moe_down_resident`);
@@ -59,6 +62,7 @@ class GemmConfig:
     tma: bool = False          # FP8: weight tiles through a TMA tensor descriptor (N % block_n == 0)
     n_tiles: int = 1           # gemm2, fp8_block + prequant, K <= 256: output tiles per program (A held)
     ws: bool = False           # fp8_block + prequant: Hopper warp-specialised Gluon kernel where it runs
+    persistent: bool = False   # ws: one program per multiprocessor walking the tiles
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,9 @@ TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
         64: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(64, 128, 4, 5, True, tma=True)),
         256: (False, 16, True, G(64, 128, 4, 5, True, tma=True), G(128, 128, 4, 5, True)),
         1024: (False, 64, True, G(256, 128, 8, 4, tma=True, ws=True), G(256, 128, 8, 4, tma=True, ws=True)),
-        4096: (False, 64, True, G(256, 128, 8, 4, tma=True, ws=True), G(128, 128, 4, 3, tma=True)),
-        16384: (False, 64, True, G(256, 128, 8, 4, tma=True, ws=True), G(256, 128, 8, 4, tma=True, ws=True)),
+        4096: (False, 64, True, G(256, 128, 8, 4, tma=True, ws=True, persistent=True), G(128, 128, 4, 3, tma=True)),
+        16384: (False, 64, True, G(256, 128, 8, 4, tma=True, ws=True, persistent=True),
+                G(256, 128, 8, 4, tma=True, ws=True, persistent=True)),
     },
 }
 
@@ -132,8 +137,8 @@ def pick(quant: str, M: int, E: int, topk: int, H: int, Ip: int) -> MoEConfig:
 def shipped_configs(quant: str) -> list[MoEConfig]:
     """The tuned configs of `quant`'s family that differ in what correctness can depend on (routing path,
     block_m, prequant, block_k, swap_ab and tma of each GEMM, gemm1 tiles of whole 256-column groups that
-    quantize gemm2's input in their epilogue, gemm2 with several tiles per program): one representative
-    each, for tests that run them all."""
+    quantize gemm2's input in their epilogue, gemm2 with several tiles per program, the Gluon kernels and
+    their persistent launch): one representative each, for tests that run them all."""
     fam = "mxfp4" if quant == "mxfp4" else "fp8_block"
     seen: dict[tuple, MoEConfig] = {}
     for (q, _, _), table in TUNED.items():
@@ -141,6 +146,6 @@ def shipped_configs(quant: str) -> list[MoEConfig]:
             continue
         for per_pair, block_m, prequant, g1, g2 in table.values():
             key = (per_pair, block_m, prequant, g1.block_k, g2.block_k, g1.swap_ab, g2.swap_ab, g1.tma, g2.tma,
-                   g1.block_n % 256 == 0, g2.n_tiles > 1, g2.ws)
+                   g1.block_n % 256 == 0, g2.n_tiles > 1, g1.ws, g2.ws, g1.persistent, g2.persistent)
             seen.setdefault(key, MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2, prequant=prequant))
     return list(seen.values())

@@ -34,25 +34,43 @@ LOADER_WARPS = 4
 
 
 @gluon.jit
-def _loader(A, stride_am, SORTED, P, pid_m, w_desc, w_row0, a_s, b_s, full, empty, nk, TOPK: gl.constexpr,
-            BM: gl.constexpr, BNH: gl.constexpr, STAGES: gl.constexpr, LOADER_WARPS: gl.constexpr):
-    """Fill ring slot kk % STAGES with K-step kk once both consumers released it: the block's A rows
-    (sorted pair p reads row p // TOPK) by cp.async (pairs past P read as zeros), each thread arriving on
-    `full` when its copies land; the weight tiles by TMA."""
+def _tile(t, NUM_BLOCKS, N, BN: gl.constexpr, GROUP_M: gl.constexpr):
+    """(pid_m, pid_n) of tile t < num_blocks * (N / BN) in `_moe_gemm`'s grouped order (GROUP_M consecutive
+    blocks share the weight tiles they read)."""
+    num_n = N // BN
+    width = GROUP_M * num_n
+    first_m = (t // width) * GROUP_M
+    gsize = gl.minimum(gl.load(NUM_BLOCKS) - first_m, GROUP_M)
+    return first_m + (t % width) % gsize, (t % width) // gsize
+
+
+@gluon.jit
+def _loader(A, stride_am, SORTED, EXPERT_IDS, NUM_BLOCKS, P, N, w_desc, a_s, b_s, full, empty, nk,
+            TOPK: gl.constexpr, BM: gl.constexpr, BNH: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
+            LOADER_WARPS: gl.constexpr):
+    """For each of the program's tiles, fill ring slot c % STAGES with the tile's K-step kk (c counts the
+    program's K-steps over its tiles) once both consumers released it: the block's A rows (sorted pair p
+    reads row p // TOPK) by cp.async (pairs past P read as zeros), each thread arriving on `full` when its
+    copies land; the two weight tiles by TMA. The next tile's steps load during this one's epilogue."""
     blk: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [LOADER_WARPS, 1], [1, 0])
-    rows = gl.load(SORTED + pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, blk)))
-    mask = gl.expand_dims(rows < P, 1)
     cols = gl.arange(0, 128, layout=gl.SliceLayout(0, blk))
-    a_ptrs = A + gl.expand_dims((rows // TOPK).to(gl.int64) * stride_am, 1) + gl.expand_dims(cols, 0)
-    for kk in range(nk):
-        slot = kk % STAGES
-        mbarrier.wait(empty.index(slot), ((kk // STAGES) & 1) ^ 1, pred=kk >= STAGES)
-        mbarrier.expect(full.index(slot), 2 * w_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(w_desc, [w_row0, kk * 128], full.index(slot), b_s.index(2 * slot))
-        tma.async_copy_global_to_shared(w_desc, [w_row0 + BNH, kk * 128], full.index(slot),
-                                        b_s.index(2 * slot + 1))
-        async_copy.async_copy_global_to_shared(a_s.index(slot), a_ptrs + kk * 128, mask=mask)
-        async_copy.mbarrier_arrive(full.index(slot), increment_count=False)
+    c = 0
+    for t in range(gl.program_id(0), gl.load(NUM_BLOCKS) * (N // (2 * BNH)), gl.num_programs(0)):
+        pid_m, pid_n = _tile(t, NUM_BLOCKS, N, 2 * BNH, GROUP_M)
+        rows = gl.load(SORTED + pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, blk)))
+        mask = gl.expand_dims(rows < P, 1)
+        a_ptrs = A + gl.expand_dims((rows // TOPK).to(gl.int64) * stride_am, 1) + gl.expand_dims(cols, 0)
+        w_row0 = (gl.load(EXPERT_IDS + pid_m).to(gl.int64) * N + pid_n * (2 * BNH)).to(gl.int32)
+        for kk in range(nk):
+            slot = c % STAGES
+            mbarrier.wait(empty.index(slot), ((c // STAGES) & 1) ^ 1, pred=c >= STAGES)
+            mbarrier.expect(full.index(slot), 2 * w_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(w_desc, [w_row0, kk * 128], full.index(slot), b_s.index(2 * slot))
+            tma.async_copy_global_to_shared(w_desc, [w_row0 + BNH, kk * 128], full.index(slot),
+                                            b_s.index(2 * slot + 1))
+            async_copy.async_copy_global_to_shared(a_s.index(slot), a_ptrs + kk * 128, mask=mask)
+            async_copy.mbarrier_arrive(full.index(slot), increment_count=False)
+            c += 1
 
 
 @gluon.jit
@@ -73,37 +91,39 @@ def _step_factor(as_rows, mask_m, wa_row, wb_row, stride_s2, kk, GATED: gl.const
 
 
 @gluon.jit
-def _issue(a_s, b_s, full, kk, HALF: gl.constexpr, like, STAGES: gl.constexpr):
-    """Wait for K-step kk's slot and issue its product A @ W_half.T into a fresh register tile (async)."""
-    slot = kk % STAGES
-    mbarrier.wait(full.index(slot), (kk // STAGES) & 1)
+def _issue(a_s, b_s, full, c, HALF: gl.constexpr, like, STAGES: gl.constexpr):
+    """Wait for the program's K-step c's slot and issue its product A @ W_half.T into a fresh register
+    tile (async)."""
+    slot = c % STAGES
+    mbarrier.wait(full.index(slot), (c // STAGES) & 1)
     return warpgroup_mma(a_s.index(slot), b_s.index(2 * slot + HALF).permute((1, 0)), gl.zeros_like(like),
                          use_acc=False, is_async=True)
 
 
 @gluon.jit
-def _k_loop(as_rows, mask_m, wa_row, wb_row, stride_s2, a_s, b_s, full, empty, nk, HALF: gl.constexpr,
+def _k_loop(as_rows, mask_m, wa_row, wb_row, stride_s2, a_s, b_s, full, empty, c0, nk, HALF: gl.constexpr,
             GATED: gl.constexpr, BM: gl.constexpr, BNH: gl.constexpr, STAGES: gl.constexpr, mma: gl.constexpr):
-    """The consumer's K loop over the ring -> [BM, BNH] float32 accumulator: two products in flight, each
-    retired product's slot released to the loader, then acc + product * factor (one fused multiply-add)."""
+    """One tile's K loop over the ring (its steps are the program's steps c0 .. c0 + nk) -> [BM, BNH]
+    float32 accumulator: two products in flight, each retired product's slot released to the loader,
+    then acc + product * factor (one fused multiply-add)."""
     acc = gl.zeros([BM, BNH], gl.float32, mma)
     for kk in range(0, nk - 1, 2):
         fx = _step_factor(as_rows, mask_m, wa_row, wb_row, stride_s2, kk, GATED, BNH, mma)
         fy = _step_factor(as_rows, mask_m, wa_row, wb_row, stride_s2, kk + 1, GATED, BNH, mma)
-        x = _issue(a_s, b_s, full, kk, HALF, acc, STAGES)
-        y = _issue(a_s, b_s, full, kk + 1, HALF, acc, STAGES)
+        x = _issue(a_s, b_s, full, c0 + kk, HALF, acc, STAGES)
+        y = _issue(a_s, b_s, full, c0 + kk + 1, HALF, acc, STAGES)
         x = warpgroup_mma_wait(1, deps=(x, ))
-        mbarrier.arrive(empty.index(kk % STAGES))
+        mbarrier.arrive(empty.index((c0 + kk) % STAGES))
         acc = acc + x * fx
         y = warpgroup_mma_wait(0, deps=(y, ))
-        mbarrier.arrive(empty.index((kk + 1) % STAGES))
+        mbarrier.arrive(empty.index((c0 + kk + 1) % STAGES))
         acc = acc + y * fy
     if nk % 2 == 1:
         kk = nk - 1
         fx = _step_factor(as_rows, mask_m, wa_row, wb_row, stride_s2, kk, GATED, BNH, mma)
-        x = _issue(a_s, b_s, full, kk, HALF, acc, STAGES)
+        x = _issue(a_s, b_s, full, c0 + kk, HALF, acc, STAGES)
         x = warpgroup_mma_wait(0, deps=(x, ))
-        mbarrier.arrive(empty.index(kk % STAGES))
+        mbarrier.arrive(empty.index((c0 + kk) % STAGES))
         acc = acc + x * fx
     return acc
 
@@ -129,20 +149,6 @@ def _store_rows(c_s, OUT, stride_om, SORTED, P, pid_m, col0, BM: gl.constexpr, B
 
 
 @gluon.jit
-def _down_consumer(AS, stride_asm, WS, stride_s2, ws_row0, OUT, stride_om, TOPK_W, SORTED, P, pid_m, n0, a_s, b_s,
-                   c_s, full, empty, nk, HALF: gl.constexpr, BM: gl.constexpr, BNH: gl.constexpr, STAGES: gl.constexpr):
-    """Columns n0 + HALF * BNH .. + BNH of the tile: the K loop (two products in flight) and the epilogue
-    (c_s: this warpgroup's [BM, BNH] staging buffer for the stores)."""
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BNH, 32])
-    rows, mask_m, as_rows = _block_rows(SORTED, pid_m, 1, P, AS, stride_asm, BM, gl.SliceLayout(1, mma))
-    acc = _k_loop(as_rows, mask_m, WS + ws_row0, WS + ws_row0, stride_s2, a_s, b_s, full, empty, nk, HALF, False,
-                  BM, BNH, STAGES, mma)
-    wt = gl.load(TOPK_W + rows, mask=mask_m, other=0.0)
-    c_s.store((acc * gl.expand_dims(wt, 1)).to(OUT.dtype.element_ty))
-    _store_rows(c_s, OUT, stride_om, SORTED, P, pid_m, n0 + HALF * BNH, BM, BNH, 8)
-
-
-@gluon.jit
 def _ring(w_desc, BM: gl.constexpr, BNH: gl.constexpr, STAGES: gl.constexpr, LOADER_WARPS: gl.constexpr):
     """The K-step ring: A slots [STAGES, BM, 128] e4m3, weight slots [2 * STAGES, BNH, 128] e4m3 (two tile
     halves per step), and per slot a `full` mbarrier (the loader's threads' cp.async arrivals + the TMA
@@ -159,78 +165,87 @@ def _ring(w_desc, BM: gl.constexpr, BNH: gl.constexpr, STAGES: gl.constexpr, LOA
 
 
 @gluon.jit
-def _moe_tile(NUM_BLOCKS, N, BN: gl.constexpr, GROUP_M: gl.constexpr):
-    """(pid_m, pid_n, valid) of this program in `_moe_gemm`'s grouped order (GROUP_M blocks share weight
-    tiles); invalid past the routed blocks and, in a short last group, past N."""
-    pid = gl.program_id(0)
-    num_n = N // BN
-    num_m = gl.load(NUM_BLOCKS)
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    gsize = gl.maximum(gl.minimum(num_m - first_m, GROUP_M), 1)
-    pid_m = first_m + (pid % width) % gsize
-    pid_n = (pid % width) // gsize
-    return pid_m, pid_n, (first_m < num_m) & (pid_n < num_n)
+def _down_consumer(AS, stride_asm, WS, stride_se, stride_s1, stride_s2, OUT, stride_om, TOPK_W, SORTED, EXPERT_IDS,
+                   NUM_BLOCKS, P, N, a_s, b_s, c_s, full, empty, nk, HALF: gl.constexpr, BM: gl.constexpr,
+                   BNH: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr):
+    """For each of the program's tiles, columns HALF * BNH .. + BNH of it: the K loop and the epilogue
+    (c_s: this warpgroup's [BM, BNH] staging buffer for the stores)."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BNH, 32])
+    c = 0
+    for t in range(gl.program_id(0), gl.load(NUM_BLOCKS) * (N // (2 * BNH)), gl.num_programs(0)):
+        pid_m, pid_n = _tile(t, NUM_BLOCKS, N, 2 * BNH, GROUP_M)
+        n0 = pid_n * (2 * BNH) + HALF * BNH
+        ws_row = WS + gl.load(EXPERT_IDS + pid_m).to(gl.int64) * stride_se + (n0 // 128) * stride_s1
+        rows, mask_m, as_rows = _block_rows(SORTED, pid_m, 1, P, AS, stride_asm, BM, gl.SliceLayout(1, mma))
+        acc = _k_loop(as_rows, mask_m, ws_row, ws_row, stride_s2, a_s, b_s, full, empty, c, nk, HALF, False,
+                      BM, BNH, STAGES, mma)
+        c += nk
+        wt = gl.load(TOPK_W + rows, mask=mask_m, other=0.0)
+        c_s.store((acc * gl.expand_dims(wt, 1)).to(OUT.dtype.element_ty))
+        _store_rows(c_s, OUT, stride_om, SORTED, P, pid_m, n0, BM, BNH, 8)
 
 
 @gluon.jit
 def _moe_down_ws(A, stride_am, AS, stride_asm, w_desc, WS, stride_se, stride_s1, stride_s2, OUT, stride_om, TOPK_W,
                  SORTED, EXPERT_IDS, NUM_BLOCKS, P, N, K, BM: gl.constexpr, BNH: gl.constexpr, STAGES: gl.constexpr,
                  GROUP_M: gl.constexpr, LOADER_WARPS: gl.constexpr, num_warps: gl.constexpr):
-    """Grid: max blocks x N / (2 * BNH), in `_moe_gemm`'s grouped order (GROUP_M blocks share weight tiles)."""
-    pid_m, pid_n, valid = _moe_tile(NUM_BLOCKS, N, 2 * BNH, GROUP_M)
-    if not valid:
-        return
-    e = gl.load(EXPERT_IDS + pid_m).to(gl.int64)
-    n0 = pid_n * (2 * BNH)
+    """Tiles: num_blocks x N / (2 * BNH), program i taking tiles i, i + grid, ... (grid = all tiles: one
+    each; persistent: one program per multiprocessor)."""
     nk = K // 128
     a_s, b_s, full, empty = _ring(w_desc, BM, BNH, STAGES, LOADER_WARPS)
     c_s = gl.allocate_shared_memory(OUT.dtype.element_ty, [2, BM, BNH], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
-    ws_e = e * stride_se
-    ws0 = ws_e + (n0 // 128) * stride_s1
-    ws1 = ws_e + (n0 // 128 + 1) * stride_s1
-    w_row0 = (e * N + n0).to(gl.int32)
     gl.warp_specialize([
-        (_down_consumer, (AS, stride_asm, WS, stride_s2, ws0, OUT, stride_om, TOPK_W, SORTED, P, pid_m, n0,
-                          a_s, b_s, c_s.index(0), full, empty, nk, 0, BM, BNH, STAGES)),
-        (_down_consumer, (AS, stride_asm, WS, stride_s2, ws1, OUT, stride_om, TOPK_W, SORTED, P, pid_m, n0,
-                          a_s, b_s, c_s.index(1), full, empty, nk, 1, BM, BNH, STAGES)),
-        (_loader, (A, stride_am, SORTED, P, pid_m, w_desc, w_row0, a_s, b_s, full, empty, nk, 1, BM, BNH, STAGES,
-                   LOADER_WARPS)),
+        (_down_consumer, (AS, stride_asm, WS, stride_se, stride_s1, stride_s2, OUT, stride_om, TOPK_W, SORTED,
+                          EXPERT_IDS, NUM_BLOCKS, P, N, a_s, b_s, c_s.index(0), full, empty, nk, 0, BM, BNH, STAGES,
+                          GROUP_M)),
+        (_down_consumer, (AS, stride_asm, WS, stride_se, stride_s1, stride_s2, OUT, stride_om, TOPK_W, SORTED,
+                          EXPERT_IDS, NUM_BLOCKS, P, N, a_s, b_s, c_s.index(1), full, empty, nk, 1, BM, BNH, STAGES,
+                          GROUP_M)),
+        (_loader, (A, stride_am, SORTED, EXPERT_IDS, NUM_BLOCKS, P, N, w_desc, a_s, b_s, full, empty, nk, 1, BM, BNH,
+                   STAGES, GROUP_M, LOADER_WARPS)),
     ], [4, LOADER_WARPS], [232, 56])
 
 
 @gluon.jit
-def _up_consumer(AS, stride_asm, WS, stride_s2, wa_row0, wb_row0, OUT, stride_om, OUT_S, stride_osm, SORTED, P,
-                 pid_m, pid_n, a_s, b_s, q_s, x_s, xbar, full, empty, nk, TOPK: gl.constexpr, HALF: gl.constexpr,
-                 ROUND: gl.constexpr, BM: gl.constexpr, BNH: gl.constexpr, STAGES: gl.constexpr):
-    """Stored w13 rows HALF * BNH .. + BNH of the tile (BNH / 2 gate/up pairs): the K loop, silu(gate) * up,
-    rounded to the activation dtype (ROUND: 1 bfloat16, 2 float16, 0 float32), then quantized per row over
-    the tile's BNH outputs, whose maxima span both warpgroups: each writes its rows' maxima to x_s[HALF],
-    arrives on xbar and reads the other's. Writes OUT [pair, pid_n * BNH + HALF * BNH / 2 ..] e4m3 through
-    q_s, and (HALF 0) the rows' scales OUT_S [pair, pid_n]."""
+def _up_consumer(AS, stride_asm, WS, stride_se, stride_s1, stride_s2, n_scale_blocks, OUT, stride_om, OUT_S,
+                 stride_osm, SORTED, EXPERT_IDS, NUM_BLOCKS, P, N, a_s, b_s, q_s, x_s, xbar, full, empty, nk,
+                 TOPK: gl.constexpr, HALF: gl.constexpr, ROUND: gl.constexpr, BM: gl.constexpr, BNH: gl.constexpr,
+                 STAGES: gl.constexpr, GROUP_M: gl.constexpr):
+    """For each of the program's tiles, its stored w13 rows HALF * BNH .. + BNH (BNH / 2 gate/up pairs):
+    the K loop, silu(gate) * up, rounded to the activation dtype (ROUND: 1 bfloat16, 2 float16, 0 float32),
+    then quantized per row over the tile's BNH outputs, whose maxima span both warpgroups: each writes its
+    rows' maxima to x_s[tile parity, HALF], arrives on xbar (one phase per tile) and reads the other's.
+    Writes OUT [pair, pid_n * BNH + HALF * BNH / 2 ..] e4m3 through q_s, and (HALF 0) the rows' scales
+    OUT_S [pair, pid_n]. Tile pid_n's gate scales are row pid_n, its up scales row n_scale_blocks + pid_n."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BNH, 32])
-    rows, mask_m, as_rows = _block_rows(SORTED, pid_m, TOPK, P, AS, stride_asm, BM, gl.SliceLayout(1, mma))
-    acc = _k_loop(as_rows, mask_m, WS + wa_row0, WS + wb_row0, stride_s2, a_s, b_s, full, empty, nk, HALF, True,
-                  BM, BNH, STAGES, mma)
-    gate, up = gl.split(gl.reshape(acc, [BM, BNH // 2, 2]))
-    h = gate * (1 / (1 + gl.exp(-gate))) * up           # = triton_moe._activate (silu), tl.sigmoid's formula
-    if ROUND == 1:
-        h = h.to(gl.bfloat16).to(gl.float32)
-    elif ROUND == 2:
-        h = h.to(gl.float16).to(gl.float32)
-    m = gl.max(gl.abs(h), axis=1)
-    x_s.index(HALF).store(m)
-    gl.thread_barrier()                 # this warpgroup's maxima are all written before its one arrival
-    mbarrier.arrive(xbar)
-    mbarrier.wait(xbar, 0)
-    amax = gl.maximum(m, x_s.index(1 - HALF).load(m.type.layout))
-    s = gl.maximum(amax, 1e-10) / 448.0                  # = triton_fp8.quant_rows
-    q_s.store((h / gl.expand_dims(s, 1)).to(gl.float8e4nv))
-    _store_rows(q_s, OUT, stride_om, SORTED, P, pid_m, pid_n * BNH + HALF * (BNH // 2), BM, BNH // 2, 16)
-    if HALF == 0:
-        gl.store(OUT_S + rows.to(gl.int64) * stride_osm + pid_n, gl.convert_layout(s, rows.type.layout),
-                 mask=mask_m)
+    c = 0
+    j = 0
+    for t in range(gl.program_id(0), gl.load(NUM_BLOCKS) * (N // (2 * BNH)), gl.num_programs(0)):
+        pid_m, pid_n = _tile(t, NUM_BLOCKS, N, 2 * BNH, GROUP_M)
+        ws_e = WS + gl.load(EXPERT_IDS + pid_m).to(gl.int64) * stride_se
+        rows, mask_m, as_rows = _block_rows(SORTED, pid_m, TOPK, P, AS, stride_asm, BM, gl.SliceLayout(1, mma))
+        acc = _k_loop(as_rows, mask_m, ws_e + pid_n * stride_s1, ws_e + (n_scale_blocks + pid_n) * stride_s1,
+                      stride_s2, a_s, b_s, full, empty, c, nk, HALF, True, BM, BNH, STAGES, mma)
+        c += nk
+        gate, up = gl.split(gl.reshape(acc, [BM, BNH // 2, 2]))
+        h = gate * (1 / (1 + gl.exp(-gate))) * up           # = triton_moe._activate (silu), tl.sigmoid's formula
+        if ROUND == 1:
+            h = h.to(gl.bfloat16).to(gl.float32)
+        elif ROUND == 2:
+            h = h.to(gl.float16).to(gl.float32)
+        m = gl.max(gl.abs(h), axis=1)
+        x_s.index(2 * (j % 2) + HALF).store(m)
+        gl.thread_barrier()                 # this warpgroup's maxima are all written before its one arrival
+        mbarrier.arrive(xbar)
+        mbarrier.wait(xbar, j & 1)
+        amax = gl.maximum(m, x_s.index(2 * (j % 2) + 1 - HALF).load(m.type.layout))
+        j += 1
+        s = gl.maximum(amax, 1e-10) / 448.0                  # = triton_fp8.quant_rows
+        q_s.store((h / gl.expand_dims(s, 1)).to(gl.float8e4nv))
+        _store_rows(q_s, OUT, stride_om, SORTED, P, pid_m, pid_n * BNH + HALF * (BNH // 2), BM, BNH // 2, 16)
+        if HALF == 0:
+            gl.store(OUT_S + rows.to(gl.int64) * stride_osm + pid_n, gl.convert_layout(s, rows.type.layout),
+                     mask=mask_m)
 
 
 @gluon.jit
@@ -238,29 +253,23 @@ def _moe_up_ws(A, stride_am, AS, stride_asm, w_desc, WS, stride_se, stride_s1, s
                stride_osm, SORTED, EXPERT_IDS, NUM_BLOCKS, P, N, K, n_scale_blocks, TOPK: gl.constexpr,
                ROUND: gl.constexpr, BM: gl.constexpr, BNH: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                LOADER_WARPS: gl.constexpr, num_warps: gl.constexpr):
-    """Grid: max blocks x N / (2 * BNH), in `_moe_gemm`'s grouped order. Tile pid_n = stored w13 rows
-    pid_n * 256 .. + 256 = outputs pid_n * 128 .. + 128, one scale block: gate scales row pid_n, up scales
-    row n_scale_blocks + pid_n."""
-    pid_m, pid_n, valid = _moe_tile(NUM_BLOCKS, N, 2 * BNH, GROUP_M)
-    if not valid:
-        return
-    e = gl.load(EXPERT_IDS + pid_m).to(gl.int64)
+    """Tiles: num_blocks x N / (2 * BNH), as `_moe_down_ws`. Tile pid_n = stored w13 rows pid_n * 256 ..
+    + 256 = outputs pid_n * 128 .. + 128, one scale block."""
     nk = K // 128
     a_s, b_s, full, empty = _ring(w_desc, BM, BNH, STAGES, LOADER_WARPS)
     q_s = gl.allocate_shared_memory(gl.float8e4nv, [2, BM, BNH // 2], gl.SwizzledSharedLayout(16, 1, 8, [1, 0]))
-    x_s = gl.allocate_shared_memory(gl.float32, [2, BM], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    x_s = gl.allocate_shared_memory(gl.float32, [4, BM], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     xbar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(xbar, count=2)
-    wa = e * stride_se + pid_n * stride_s1
-    wb = e * stride_se + (n_scale_blocks + pid_n) * stride_s1
-    w_row0 = (e * N + pid_n * (2 * BNH)).to(gl.int32)
     gl.warp_specialize([
-        (_up_consumer, (AS, stride_asm, WS, stride_s2, wa, wb, OUT, stride_om, OUT_S, stride_osm, SORTED, P, pid_m,
-                        pid_n, a_s, b_s, q_s.index(0), x_s, xbar, full, empty, nk, TOPK, 0, ROUND, BM, BNH, STAGES)),
-        (_up_consumer, (AS, stride_asm, WS, stride_s2, wa, wb, OUT, stride_om, OUT_S, stride_osm, SORTED, P, pid_m,
-                        pid_n, a_s, b_s, q_s.index(1), x_s, xbar, full, empty, nk, TOPK, 1, ROUND, BM, BNH, STAGES)),
-        (_loader, (A, stride_am, SORTED, P, pid_m, w_desc, w_row0, a_s, b_s, full, empty, nk, TOPK, BM, BNH, STAGES,
-                   LOADER_WARPS)),
+        (_up_consumer, (AS, stride_asm, WS, stride_se, stride_s1, stride_s2, n_scale_blocks, OUT, stride_om, OUT_S,
+                        stride_osm, SORTED, EXPERT_IDS, NUM_BLOCKS, P, N, a_s, b_s, q_s.index(0), x_s, xbar, full,
+                        empty, nk, TOPK, 0, ROUND, BM, BNH, STAGES, GROUP_M)),
+        (_up_consumer, (AS, stride_asm, WS, stride_se, stride_s1, stride_s2, n_scale_blocks, OUT, stride_om, OUT_S,
+                        stride_osm, SORTED, EXPERT_IDS, NUM_BLOCKS, P, N, a_s, b_s, q_s.index(1), x_s, xbar, full,
+                        empty, nk, TOPK, 1, ROUND, BM, BNH, STAGES, GROUP_M)),
+        (_loader, (A, stride_am, SORTED, EXPERT_IDS, NUM_BLOCKS, P, N, w_desc, a_s, b_s, full, empty, nk, TOPK, BM,
+                   BNH, STAGES, GROUP_M, LOADER_WARPS)),
     ], [4, LOADER_WARPS], [232, 56])
 
 
@@ -276,36 +285,46 @@ def _check_stages(name, stages, most):
         raise ValueError(f"{name}: stages must be 2..{most} (shared memory), got {stages}")
 
 
+def _grid(a, grid_m, N, persistent, programs):
+    """One program per tile (grid_m blocks at most x N / 256), or, persistent, at most `programs` (None: one
+    per multiprocessor), each walking every grid-th tile (the next tile's loads under this one's epilogue)."""
+    tiles = grid_m * (N // (2 * BNH))
+    if persistent:
+        tiles = min(tiles, programs or torch.cuda.get_device_properties(a.device).multi_processor_count)
+    return (max(tiles, 1),)
+
+
 def moe_down_ws(a2, a2s, w2, w2s, y, topk_w, sorted_ids, expert_ids, num_blocks, grid_m, P, N, K,
-                stages: int = 4, group_m: int = 8):
+                stages: int = 4, group_m: int = 8, persistent: bool = False, programs: int | None = None):
     """y [P, N] = gemm2 of fp8_block with prequant: a2 [P, K] float8_e4m3fn with group scales a2s [P, K/128]
     float32, w2 [E, N, K] float8_e4m3fn with block scales w2s [E, N/128, K/128] float32, topk_w [P] float32;
     the routing sort's (sorted_ids, expert_ids, num_blocks) for block_m = 64.
-    Shared memory: stages x 40 KiB for the ring + 32 KiB for the store staging, so stages <= 4."""
+    Shared memory: stages x 40 KiB for the ring + 32 KiB for the store staging, so stages <= 4.
+    persistent: at most `programs` programs (None: one per multiprocessor) walking the tiles (`_grid`); else
+    one per tile."""
     _check_stages("moe_down_ws", stages, 4)
-    grid = (grid_m * (N // (2 * BNH)),)
     se, s1, s2 = w2s.stride()
-    _moe_down_ws[grid](a2, a2.stride(0), a2s, a2s.stride(0), _weight_descriptor(w2), w2s, se, s1, s2, y, y.stride(0),
-                       topk_w, sorted_ids, expert_ids, num_blocks, P, N, K, BM=BM, BNH=BNH, STAGES=stages,
-                       GROUP_M=group_m, LOADER_WARPS=LOADER_WARPS, num_warps=4)
+    _moe_down_ws[_grid(a2, grid_m, N, persistent, programs)](
+        a2, a2.stride(0), a2s, a2s.stride(0), _weight_descriptor(w2), w2s, se, s1, s2, y, y.stride(0), topk_w,
+        sorted_ids, expert_ids, num_blocks, P, N, K, BM=BM, BNH=BNH, STAGES=stages, GROUP_M=group_m,
+        LOADER_WARPS=LOADER_WARPS, num_warps=4)
 
 
 def moe_up_ws(a1, a1s, w13, w13s, a2, a2s, sorted_ids, expert_ids, num_blocks, grid_m, P, N, K, topk, round_code,
-              stages: int = 4, group_m: int = 8):
+              stages: int = 4, group_m: int = 8, persistent: bool = False, programs: int | None = None):
     """gemm1 of fp8_block with prequant, silu-gated, no bias, writing gemm2's quantized input: a1 [T, K]
     float8_e4m3fn with group scales a1s [T, K/128] float32 (pair p reads row p // topk), w13 [E, N = 2I, K]
     float8_e4m3fn with gate/up rows interleaved and block scales w13s [E, 2 * I/128, K/128] float32 (gate
     blocks, then up blocks) -> a2 [P, I] float8_e4m3fn and a2s [P, I/128] float32, the bits of
     `triton_moe._moe_gemm` with QOUT (round_code: `triton_moe.ROUND_CODE` of the activation dtype).
     Shared memory: stages x 40 KiB for the ring + 8.5 KiB for the store staging and the row maxima, so
-    stages <= 5."""
+    stages <= 5. persistent: as `moe_down_ws`."""
     _check_stages("moe_up_ws", stages, 5)
-    grid = (grid_m * (N // (2 * BNH)),)
     se, s1, s2 = w13s.stride()
-    _moe_up_ws[grid](a1, a1.stride(0), a1s, a1s.stride(0), _weight_descriptor(w13), w13s, se, s1, s2, a2, a2.stride(0),
-                     a2s, a2s.stride(0), sorted_ids, expert_ids, num_blocks, P, N, K, N // 256, TOPK=topk,
-                     ROUND=round_code, BM=BM, BNH=BNH, STAGES=stages, GROUP_M=group_m, LOADER_WARPS=LOADER_WARPS,
-                     num_warps=4)
+    _moe_up_ws[_grid(a1, grid_m, N, persistent, programs)](
+        a1, a1.stride(0), a1s, a1s.stride(0), _weight_descriptor(w13), w13s, se, s1, s2, a2, a2.stride(0), a2s,
+        a2s.stride(0), sorted_ids, expert_ids, num_blocks, P, N, K, N // 256, TOPK=topk, ROUND=round_code, BM=BM,
+        BNH=BNH, STAGES=stages, GROUP_M=group_m, LOADER_WARPS=LOADER_WARPS, num_warps=4)
 
 
 def supported(device: torch.device) -> bool:

@@ -378,12 +378,12 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
     if stage == 2 and bias is None and ws_down_applies(meta, cfg, gcfg, W, N, K):
         from .gluon_fp8 import moe_down_ws
         moe_down_ws(A, A_scale, W, WS, out, topk_w, sorted_ids, expert_ids, num_blocks, grid_m, P, N, K,
-                    stages=gcfg.num_stages, group_m=cfg.group_m)
+                    stages=gcfg.num_stages, group_m=cfg.group_m, persistent=gcfg.persistent)
         return
     if stage == 1 and bias is None and out_scale is not None and ws_up_applies(meta, cfg, gcfg, W, N, K):
         from .gluon_fp8 import moe_up_ws
         moe_up_ws(A, A_scale, W, WS, out, out_scale, sorted_ids, expert_ids, num_blocks, grid_m, P, N, K, topk,
-                  round_code, stages=gcfg.num_stages, group_m=cfg.group_m)
+                  round_code, stages=gcfg.num_stages, group_m=cfg.group_m, persistent=gcfg.persistent)
         return
     act = meta.activation
     fmt = FMT[meta.quant]

@@ -245,25 +245,37 @@ def test_resident_down_same_bits_gpu(block_m, swap, ip):
     assert rel_err(outs[1], expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
 
 
+def _few_programs(monkeypatch, persistent):
+    """Persistent Gluon launches get 3 programs, so each walks several tiles (ring and barrier phases
+    carried from tile to tile)."""
+    from moepack.kernels import gluon_fp8
+    if persistent:
+        grid = gluon_fp8._grid
+        monkeypatch.setattr(gluon_fp8, "_grid", lambda a, grid_m, N, p, programs: grid(a, grid_m, N, p, 3))
+
+
 @cuda
 @pytest.mark.parametrize("ip", [256, 384])
-def test_ws_down_same_bits_gpu(ip):
+@pytest.mark.parametrize("persistent", [False, True])
+def test_ws_down_same_bits_gpu(ip, persistent, monkeypatch):
     """gemm2 by the Hopper warp-specialised Gluon kernel (`gluon_fp8.moe_down_ws`) gives the bits of
     `_moe_gemm` with the same tiles: K = Ip of two or three 128-groups (three: the single-step tail after the
-    pairs), N = H = 512 (two 256-column programs per block), 150 tokens x 2 slots over 4 experts (two blocks
-    of 64 per expert, the second padded), grouped 3 blocks at a time (the last group short: programs past N
-    must not run)."""
+    pairs), N = H = 512 (two 256-column tiles per block), 150 tokens x 2 slots over 4 experts (two blocks
+    of 64 per expert, the second padded), grouped 3 blocks at a time (the last group short: tiles past N
+    must not run); one program per tile, or 3 persistent programs."""
     from moepack.kernels import triton_moe
     from moepack.kernels.configs import GemmConfig, MoEConfig
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the warp-specialised gemm2 runs on compute capability 9.0 only")
+    _few_programs(monkeypatch, persistent)
     x, tw, ids, local, stored, meta = make_case("fp8_block_silu", seed=31, x_dtype=torch.bfloat16, Ip=ip, H=512,
                                                 T=150)
     st = _to(stored, "cuda")
     g1 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True)
     outs = []
     for ws in (False, True):
-        g2 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True, ws=ws)
+        g2 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True, ws=ws,
+                        persistent=ws and persistent)
         cfg = MoEConfig(per_pair=False, block_m=64, gemm1=g1, gemm2=g2, prequant=True, group_m=3)
         assert triton_moe.ws_down_applies(triton_moe.MoEMeta(**meta), cfg, g2, st["w2_weight"], 512, ip) == ws
         outs.append(triton_moe.fused_moe(x.cuda(), tw.cuda(), ids.cuda(), st, meta, config=cfg))
@@ -289,17 +301,20 @@ def _stage1(x, tw, ids, st, meta, cfg):
 @cuda
 @pytest.mark.parametrize("ip,h,dtype", [(256, 512, torch.bfloat16), (384, 640, torch.bfloat16),
                                         (256, 512, torch.float16)])
-def test_ws_up_same_bits_gpu(ip, h, dtype):
+@pytest.mark.parametrize("persistent", [False, True])
+def test_ws_up_same_bits_gpu(ip, h, dtype, persistent, monkeypatch):
     """gemm1 by the Hopper warp-specialised Gluon kernel (`gluon_fp8.moe_up_ws`) writes the bits of
     `_moe_gemm` with the same tile and its quantized output (QOUT): gemm2's input a2 and its scales, and the
     layer's output. K = H of four or five 128-groups (five: the single-step tail), N = 2 Ip of two or three
     256-column tiles per block, each tile's 128 outputs quantized as one group from the maxima of both
     consumer warpgroups; 150 tokens x 2 slots over 4 experts, grouped 3 blocks at a time (a short last
-    group); bfloat16 and float16 rounding of the intermediate."""
+    group); bfloat16 and float16 rounding of the intermediate; one program per tile, or 3 persistent
+    programs (the maxima exchange's barrier phase and buffer alternate from tile to tile)."""
     from moepack.kernels import triton_moe
     from moepack.kernels.configs import GemmConfig, MoEConfig
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the warp-specialised gemm1 runs on compute capability 9.0 only")
+    _few_programs(monkeypatch, persistent)
     x, tw, ids, local, stored, meta = make_case("fp8_block_silu", seed=37, x_dtype=dtype, Ip=ip, H=h, T=150)
     st = _to(stored, "cuda")
     xs, tws, idss = x.cuda(), tw.cuda(), ids.cuda()
@@ -307,7 +322,8 @@ def test_ws_up_same_bits_gpu(ip, h, dtype):
     g2 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True)
     got = []
     for ws in (False, True):
-        g1 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True, ws=ws)
+        g1 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True, ws=ws,
+                        persistent=ws and persistent)
         cfg = MoEConfig(per_pair=False, block_m=64, gemm1=g1, gemm2=g2, prequant=True, group_m=3)
         assert triton_moe.ws_up_applies(triton_moe.MoEMeta(**meta), cfg, g1, st["w13_weight"], 2 * ip, h) == ws
         a2, a2s = _stage1(xs, tws, idss, st, meta, cfg)
