@@ -6,6 +6,8 @@ Run on the GPU machine from the repo root, with the peer sources fetched into .p
     python benchmarks/kernels.py [--cases gptoss,ds_tp8,ds_tp1] [--ms 1,8,...] [--workers 14] [--out $OUT/kernels.json]
     python benchmarks/kernels.py --sweep [...]     # time many tile configs instead (-> configs.TUNED)
 
+At the end it prints the issue's targets cell by cell (benchmarks/targets.py, also stored in the JSON).
+
 --workers N compiles the kernels first in N processes (Triton's disk cache), 1 compiles on first use.
 
 Per case and M: moepack us (routing sort, activation quantization, both GEMMs, activation, top-k sum:
@@ -447,6 +449,10 @@ def main():
             traceback.print_exc()
             print(f"case {case} failed: {type(exc).__name__}: {exc}", flush=True)
         json.dump(result, open(a.out, "w"), indent=1)
+    from targets import check, markdown
+    result["targets"] = check(rows)
+    json.dump(result, open(a.out, "w"), indent=1)
+    print("\n## Issue 9's targets, cell by cell\n" + markdown(result["targets"]), flush=True)
 
 
 if __name__ == "__main__":
