@@ -1,23 +1,31 @@
-"""Hopper (sm_90) warp-specialised gemm2 for fp8_block, written in Gluon (Triton's explicit-layout dialect).
+"""Hopper (sm_90) warp-specialised gemm1 and gemm2 for fp8_block, written in Gluon (Triton's explicit-layout
+dialect).
 
-y[p, n] = w[p] * sum over K-steps k of dot(q_a[p, k-group], q_w[e, n, k-group]) * s_a[p, k] * s_w[e, n // 128, k]
-(experts without a w2 bias, as DeepSeek-V3's)
+gemm2 (`moe_down_ws`): y[p, n] = w[p] * sum over K-steps k of
+    dot(q_a[p, k], q_w[e, n, k]) * s_a[p, k] * s_w[e, n // 128, k]       (experts without a w2 bias, as DeepSeek-V3's).
+gemm1 (`moe_up_ws`): the same sum over x's quantized row p // topk and w13's interleaved gate/up rows (gate
+rows scaled by the gate blocks, up rows by the up blocks), then h = silu(gate) * up, rounded to the
+activation dtype and quantized per 128 outputs: gemm2's input, as the Triton gemm1 with QOUT writes it.
 
-One program = one [BM = 64, BN = 256] tile of y for one expert block of the routing sort, run by three
-warp groups that never wait for each other at a CTA-wide barrier:
+A tile = [BM = 64, BN = 256] of the output for one expert block of the routing sort, run by three warp
+groups that never wait for each other at a CTA-wide barrier:
   - a loader (4 warps): each K-step, the block's 64 quantized rows A[sorted rows, k:k+128] by cp.async
     (rows are gathered, Hopper TMA cannot) and the two [128, 128] weight tiles by TMA, into a ring of
     STAGES shared-memory slots (`full` / `empty` mbarrier pair per slot);
   - two consumers (one warpgroup each, columns [0, 128) and [128, 256) of the tile): two K-steps' wgmma
     products in flight at a time, each into a fresh register tile, so that retiring the first (wait for
     <= 1 outstanding) lets its scale multiply-adds run under the second's wgmma, and while one warpgroup
-    does its multiply-adds the other's wgmma has the tensor cores.
-Triton's own pipeliner cannot express either overlap (docs/KERNEL_NOTES.md v13-v15): it waits for a
+    does its multiply-adds the other's wgmma has the tensor cores. gemm1's row maxima for the quantization
+    span both consumers: they trade them through shared memory and an mbarrier.
+A program takes tiles i, i + grid, ... in `_moe_gemm`'s grouped order: one tile each (grid = all tiles) or,
+persistent, one program per multiprocessor, whose loader fills the ring with the next tile's K-steps during
+this tile's epilogue.
+Triton's own pipeliner cannot express either overlap (docs/KERNEL_NOTES.md v13-v16): it waits for a
 product before its multiply-adds, and its automatic warp specialisation hung on the H100 with triton 3.6.
 
-Same arithmetic in the same order as `triton_moe._moe_gemm` STAGE 2 with prequant (one fresh 128-deep
-product per K-step, acc + product * (s_a * s_w) as one fused multiply-add, then * w), so the
-two give the same bits. Needs K % 128 == 0 and N % 256 == 0 (`triton_moe.ws_down_applies`).
+Same arithmetic in the same order as `triton_moe._moe_gemm` with prequant (one fresh 128-deep product per
+K-step, acc + product * (s_a * s_w) as one fused multiply-add, then the epilogue), so the two give the same
+bits. Needs K % 128 == 0 and N % 256 == 0 (`triton_moe.ws_down_applies`, `triton_moe.ws_up_applies`).
 """
 from __future__ import annotations
 
