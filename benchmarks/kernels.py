@@ -209,7 +209,7 @@ def sweep_candidates(quant: str, M: int, Ip: int = 0) -> list[tuple[tuple, list]
     opts = [(opt, gs + [dataclasses.replace(g, tma=True) for g in gs]) for opt, gs in _fp8_candidates(M)]
     if 0 < Ip <= 256:
         opts = [(opt, gs + _resident_candidates(opt)) for opt, gs in opts]
-    elif M >= 1024:     # both GEMMs by the Hopper warp-specialised Gluon kernels (block_m 64, 256-column tiles)
+    if M >= 1024:       # both GEMMs by the Hopper warp-specialised Gluon kernels (block_m 64, 256-column tiles)
         # (5 stages fit gemm1's only; as gemm2 the launch refuses them and the sweep records inf)
         opts = [(opt, gs + ([GemmConfig(256, 128, 8, st, tma=True, ws=True, persistent=p) for st in (3, 4, 5)
                              for p in (False, True)]

@@ -15,7 +15,8 @@ fused multiply-add, TP1 M >= 1024 re-swept and kept, benchmarks/kernels-sweep-h1
 version 15: TP1 gemm2 at M >= 1024 by the warp-specialised Gluon kernel (`ws`),
 benchmarks/kernels-sweep-h100-2026-11-24-s9-tp1-ws.json; version 16: TP1 gemm1 at M >= 1024 by its Gluon
 twin, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp1-ws-up.json, and both persistent (one program per
-multiprocessor) where that won, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp1-persistent.json).
+multiprocessor) where that won, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp1-persistent.json; TP8 gemm1
+at M >= 1024 by the same kernel, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp8-ws-up.json).
 Any other shape uses the table of the nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
@@ -102,9 +103,11 @@ TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
         8: (True, 16, False, G(64, 128, 4, 3, True, tma=True), G(64, 128, 4, 3, True, tma=True)),  # per pair
         64: (False, 16, True, G(128, 128, 4, 5, True, tma=True), G(128, 128, 4, 3, True, tma=True, n_tiles=4)),
         256: (False, 16, True, G(128, 128, 4, 3, True, tma=True), G(128, 128, 4, 3, True, tma=True, n_tiles=4)),
-        1024: (False, 64, True, G(256, 128, 8, 4, tma=True), G(128, 128, 4, 3, tma=True, n_tiles=56)),
-        4096: (False, 64, True, G(256, 128, 8, 4, tma=True), G(128, 128, 4, 4, tma=True, n_tiles=56)),
-        16384: (False, 64, True, G(256, 128, 8, 4, tma=True), G(64, 128, 4, 3, tma=True, n_tiles=56)),
+        1024: (False, 64, True, G(256, 128, 8, 4, tma=True, ws=True), G(128, 128, 4, 3, tma=True, n_tiles=56)),
+        4096: (False, 64, True, G(256, 128, 8, 4, tma=True, ws=True, persistent=True),
+               G(128, 128, 4, 4, tma=True, n_tiles=56)),
+        16384: (False, 64, True, G(256, 128, 8, 5, tma=True, ws=True, persistent=True),
+                G(64, 128, 4, 3, tma=True, n_tiles=56)),
     },
     ("fp8_block", 7168, 2048): {                  # DeepSeek-V3 TP1, E=256, top-8
         1: (True, 16, False, G(64, 128, 4, 4, True, tma=True), G(128, 128, 4, 4, True, tma=True)),

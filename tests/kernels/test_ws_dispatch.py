@@ -71,14 +71,15 @@ def test_each_gemm1_condition_is_needed_on_hopper():
 
 
 def test_the_table_asks_for_it_only_where_it_can_apply():
-    """The tuned table's ws tiles are DeepSeek TP1 at M >= 1024, with what the kernels need."""
+    """The tuned table's ws tiles are DeepSeek TP1 (both GEMMs) and TP8 (gemm1) at M >= 1024, with what the
+    kernels need."""
     meta = triton_moe.MoEMeta(quant="fp8_block", activation=Activation("silu"), gated=True, E_l=256, H=7168, Ip=2048)
     for M in (1, 8, 64, 256, 1024, 4096, 16384):
         for Ip in (256, 2048):
             cfg = pick("fp8_block", M, 256, 8, 7168, Ip)
             for g in (cfg.gemm1, cfg.gemm2):
                 if g.ws:
-                    assert Ip == 2048 and M >= 1024
+                    assert M >= 1024 and (Ip == 2048 or g is cfg.gemm1)
                     assert cfg.block_m == 64 and cfg.prequant and not cfg.per_pair and not g.swap_ab
                     assert g.block_n == 256 and 2 <= g.num_stages <= (5 if g is cfg.gemm1 else 4)
             if cfg.gemm1.ws:
