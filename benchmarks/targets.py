@@ -35,7 +35,7 @@ def check(rows: list[dict]) -> list[dict]:
             never_slower = roof is not None
             cell.update(target="never slower than the peer" if never_slower else "faster than the peer",
                         measured=f"{r['speedup']:.2f}x",
-                        met=r["speedup"] >= 1.0 if never_slower else r["speedup"] > 1.0)
+                        met=r["speedup"] >= roof[1] if never_slower else r["speedup"] > 1.0)
         out.append(cell)
     return out
 

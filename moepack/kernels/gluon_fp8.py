@@ -42,13 +42,12 @@ LOADER_WARPS = 4
 
 
 @gluon.jit
-def _tile(t, NUM_BLOCKS, N, BN: gl.constexpr, GROUP_M: gl.constexpr):
-    """(pid_m, pid_n) of tile t < num_blocks * (N / BN) in `_moe_gemm`'s grouped order (GROUP_M consecutive
-    blocks share the weight tiles they read)."""
-    num_n = N // BN
+def _tile(t, num_m, num_n, GROUP_M: gl.constexpr):
+    """(pid_m, pid_n) of tile t < num_m * num_n (num_m routed blocks x num_n column tiles) in `_moe_gemm`'s
+    grouped order (GROUP_M consecutive blocks share the weight tiles they read)."""
     width = GROUP_M * num_n
     first_m = (t // width) * GROUP_M
-    gsize = gl.minimum(gl.load(NUM_BLOCKS) - first_m, GROUP_M)
+    gsize = gl.minimum(num_m - first_m, GROUP_M)
     return first_m + (t % width) % gsize, (t % width) // gsize
 
 
@@ -63,8 +62,10 @@ def _loader(A, stride_am, SORTED, EXPERT_IDS, NUM_BLOCKS, P, N, w_desc, a_s, b_s
     blk: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [LOADER_WARPS, 1], [1, 0])
     cols = gl.arange(0, 128, layout=gl.SliceLayout(0, blk))
     c = 0
-    for t in range(gl.program_id(0), gl.load(NUM_BLOCKS) * (N // (2 * BNH)), gl.num_programs(0)):
-        pid_m, pid_n = _tile(t, NUM_BLOCKS, N, 2 * BNH, GROUP_M)
+    num_m = gl.load(NUM_BLOCKS)
+    num_n = N // (2 * BNH)
+    for t in range(gl.program_id(0), num_m * num_n, gl.num_programs(0)):
+        pid_m, pid_n = _tile(t, num_m, num_n, GROUP_M)
         rows = gl.load(SORTED + pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, blk)))
         mask = gl.expand_dims(rows < P, 1)
         a_ptrs = A + gl.expand_dims((rows // TOPK).to(gl.int64) * stride_am, 1) + gl.expand_dims(cols, 0)
@@ -180,8 +181,10 @@ def _down_consumer(AS, stride_asm, WS, stride_se, stride_s1, stride_s2, OUT, str
     (c_s: this warpgroup's [BM, BNH] staging buffer for the stores)."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BNH, 32])
     c = 0
-    for t in range(gl.program_id(0), gl.load(NUM_BLOCKS) * (N // (2 * BNH)), gl.num_programs(0)):
-        pid_m, pid_n = _tile(t, NUM_BLOCKS, N, 2 * BNH, GROUP_M)
+    num_m = gl.load(NUM_BLOCKS)
+    num_n = N // (2 * BNH)
+    for t in range(gl.program_id(0), num_m * num_n, gl.num_programs(0)):
+        pid_m, pid_n = _tile(t, num_m, num_n, GROUP_M)
         n0 = pid_n * (2 * BNH) + HALF * BNH
         ws_row = WS + gl.load(EXPERT_IDS + pid_m).to(gl.int64) * stride_se + (n0 // 128) * stride_s1
         rows, mask_m, as_rows = _block_rows(SORTED, pid_m, 1, P, AS, stride_asm, BM, gl.SliceLayout(1, mma))
@@ -228,8 +231,10 @@ def _up_consumer(AS, stride_asm, WS, stride_se, stride_s1, stride_s2, n_scale_bl
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BNH, 32])
     c = 0
     j = 0
-    for t in range(gl.program_id(0), gl.load(NUM_BLOCKS) * (N // (2 * BNH)), gl.num_programs(0)):
-        pid_m, pid_n = _tile(t, NUM_BLOCKS, N, 2 * BNH, GROUP_M)
+    num_m = gl.load(NUM_BLOCKS)
+    num_n = N // (2 * BNH)
+    for t in range(gl.program_id(0), num_m * num_n, gl.num_programs(0)):
+        pid_m, pid_n = _tile(t, num_m, num_n, GROUP_M)
         ws_e = WS + gl.load(EXPERT_IDS + pid_m).to(gl.int64) * stride_se
         rows, mask_m, as_rows = _block_rows(SORTED, pid_m, TOPK, P, AS, stride_asm, BM, gl.SliceLayout(1, mma))
         acc = _k_loop(as_rows, mask_m, ws_e + pid_n * stride_s1, ws_e + (n_scale_blocks + pid_n) * stride_s1,

@@ -438,7 +438,14 @@ def ws_down_applies(meta: MoEMeta, cfg: configs.MoEConfig, gcfg: configs.GemmCon
     block_m 64, K % 128 == 0, N % 256 == 0, W [E, N, K] contiguous, on a compute capability 9.0 GPU with a
     Triton that has Gluon.
     Elsewhere `_moe_gemm` runs the same config (block_n, stages, warps): the same bits."""
-    return _ws_runs(meta, cfg, gcfg, W, N, K)
+    if not (gcfg.ws and prequantizes(meta, cfg) and not cfg.per_pair and not gcfg.swap_ab and cfg.block_m == 64
+            and K % 128 == 0 and N % 256 == 0 and W.dim() == 3 and W.is_contiguous() and not _INTERPRETED):
+        return False
+    try:
+        from . import gluon_fp8
+    except ImportError:  # a Triton without Gluon
+        return False
+    return gluon_fp8.supported(W.device)
 
 
 def ws_up_applies(meta: MoEMeta, cfg: configs.MoEConfig, gcfg: configs.GemmConfig, W: torch.Tensor, N: int,
@@ -449,19 +456,7 @@ def ws_up_applies(meta: MoEMeta, cfg: configs.MoEConfig, gcfg: configs.GemmConfi
     Elsewhere `_moe_gemm` runs the same config: the same bits."""
     act = meta.activation
     return (meta.gated and act.kind == "silu" and act.limit is None and gcfg.block_n == 256
-            and fuses_quant(meta, cfg) and _ws_runs(meta, cfg, gcfg, W, N, K))
-
-
-def _ws_runs(meta, cfg, gcfg, W, N, K) -> bool:
-    """What both warp-specialised Gluon kernels need (64-row blocks, 256-column tiles of [128, 128] TMA boxes)."""
-    if not (gcfg.ws and prequantizes(meta, cfg) and not cfg.per_pair and not gcfg.swap_ab and cfg.block_m == 64
-            and K % 128 == 0 and N % 256 == 0 and W.dim() == 3 and W.is_contiguous() and not _INTERPRETED):
-        return False
-    try:
-        from . import gluon_fp8
-    except ImportError:  # a Triton without Gluon
-        return False
-    return gluon_fp8.supported(W.device)
+            and fuses_quant(meta, cfg) and ws_down_applies(meta, cfg, gcfg, W, N, K))
 
 
 ROUND_CODE = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 0}

@@ -1,5 +1,7 @@
 """Triton fused MoE on the GPU (bf16 activations, compiled kernels), every format and path, against
 float64 from the logical tensors; also CUDA-graph capture and replay."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -254,6 +256,17 @@ def _few_programs(monkeypatch, persistent):
         monkeypatch.setattr(gluon_fp8, "_grid", lambda a, grid_m, N, p, programs: grid(a, grid_m, N, p, 3))
 
 
+def _ws_config(stage, ws, persistent):
+    """(MoEConfig, the GemmConfig of GEMM `stage`) for the Gluon tests: block_m 64, 256-column tiles, TMA,
+    4 stages, grouped 3 blocks at a time; GEMM `stage` asks for the Gluon kernel (ws) and its persistent
+    launch, the other GEMM is the plain Triton tile."""
+    from moepack.kernels.configs import GemmConfig, MoEConfig
+    plain = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True)
+    g = dataclasses.replace(plain, ws=ws, persistent=ws and persistent)
+    g1, g2 = (g, plain) if stage == 1 else (plain, g)
+    return MoEConfig(per_pair=False, block_m=64, gemm1=g1, gemm2=g2, prequant=True, group_m=3), g
+
+
 @cuda
 @pytest.mark.parametrize("ip", [256, 384])
 @pytest.mark.parametrize("persistent", [False, True])
@@ -264,19 +277,15 @@ def test_ws_down_same_bits_gpu(ip, persistent, monkeypatch):
     of 64 per expert, the second padded), grouped 3 blocks at a time (the last group short: tiles past N
     must not run); one program per tile, or 3 persistent programs."""
     from moepack.kernels import triton_moe
-    from moepack.kernels.configs import GemmConfig, MoEConfig
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the warp-specialised gemm2 runs on compute capability 9.0 only")
     _few_programs(monkeypatch, persistent)
     x, tw, ids, local, stored, meta = make_case("fp8_block_silu", seed=31, x_dtype=torch.bfloat16, Ip=ip, H=512,
                                                 T=150)
     st = _to(stored, "cuda")
-    g1 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True)
     outs = []
     for ws in (False, True):
-        g2 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True, ws=ws,
-                        persistent=ws and persistent)
-        cfg = MoEConfig(per_pair=False, block_m=64, gemm1=g1, gemm2=g2, prequant=True, group_m=3)
+        cfg, g2 = _ws_config(2, ws, persistent)
         assert triton_moe.ws_down_applies(triton_moe.MoEMeta(**meta), cfg, g2, st["w2_weight"], 512, ip) == ws
         outs.append(triton_moe.fused_moe(x.cuda(), tw.cuda(), ids.cuda(), st, meta, config=cfg))
     assert rel_err(outs[1], expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
@@ -311,7 +320,6 @@ def test_ws_up_same_bits_gpu(ip, h, dtype, persistent, monkeypatch):
     group); bfloat16 and float16 rounding of the intermediate; one program per tile, or 3 persistent
     programs (the maxima exchange's barrier phase and buffer alternate from tile to tile)."""
     from moepack.kernels import triton_moe
-    from moepack.kernels.configs import GemmConfig, MoEConfig
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the warp-specialised gemm1 runs on compute capability 9.0 only")
     _few_programs(monkeypatch, persistent)
@@ -319,12 +327,9 @@ def test_ws_up_same_bits_gpu(ip, h, dtype, persistent, monkeypatch):
     st = _to(stored, "cuda")
     xs, tws, idss = x.cuda(), tw.cuda(), ids.cuda()
     valid = (idss.reshape(-1) >= 0)
-    g2 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True)
     got = []
     for ws in (False, True):
-        g1 = GemmConfig(block_n=256, block_k=128, num_warps=8, num_stages=4, tma=True, ws=ws,
-                        persistent=ws and persistent)
-        cfg = MoEConfig(per_pair=False, block_m=64, gemm1=g1, gemm2=g2, prequant=True, group_m=3)
+        cfg, g1 = _ws_config(1, ws, persistent)
         assert triton_moe.ws_up_applies(triton_moe.MoEMeta(**meta), cfg, g1, st["w13_weight"], 2 * ip, h) == ws
         a2, a2s = _stage1(xs, tws, idss, st, meta, cfg)
         out = triton_moe.fused_moe(xs, tws, idss, st, meta, config=cfg)
