@@ -205,6 +205,10 @@ def sweep_candidates(quant: str, M: int, Ip: int = 0) -> list[tuple[tuple, list]
         opts = [((False, bm, False), gs), ((False, 2 * bm, False), sw((128, 64, 8, 3), (256, 64, 8, 3)))]
         if M > 1024:
             opts.append(((False, 64, False), sw((128, 128, 4, 3), (128, 128, 4, 4), (128, 64, 8, 4), (256, 64, 8, 4))))
+        if M >= 1024:   # both GEMMs by the Hopper warp-specialised Gluon kernel (block_m 128, 128 x 64 swap-AB)
+            opts = [(opt, gs + ([G(128, 64, 8, st, swap_ab=True, ws=True, persistent=p) for st in (3, 4, 6)
+                                 for p in (False, True)] if opt == (False, 128, False) else []))
+                    for opt, gs in opts]
         return opts
     opts = [(opt, gs + [dataclasses.replace(g, tma=True) for g in gs]) for opt, gs in _fp8_candidates(M)]
     if 0 < Ip <= 256:

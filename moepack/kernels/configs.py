@@ -40,7 +40,9 @@ else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 - ws (fp8_block with prequant on the sorted path, block_m 64, block_n 256, stages <= 4): run by
   `gluon_fp8.moe_down_ws` (gemm2) or `gluon_fp8.moe_up_ws` (gemm1, silu-gated, quantizing gemm2's input in
   its epilogue) on compute capability 9.0 (a loader warpgroup and two consumer warpgroups, no CTA-wide
-  barrier in the K loop); elsewhere `_moe_gemm` with the same tile, which gives the same bits.
+  barrier in the K loop); elsewhere `_moe_gemm` with the same tile, which gives the same bits. On an MXFP4
+  GEMM (sorted path, block_m 128, swap-AB 128 x 64, tiled weights, N % 128 == 0): `gluon_mxfp4.moe_mxfp4_ws`,
+  offered to the sweep but in no table entry (slower than the Triton tile, docs/KERNEL_NOTES.md v17).
 - persistent (ws only): one program per multiprocessor, each walking every grid-th tile, so the next
   tile's loads run under this one's epilogue; else one program per tile. Same bits either way.
 - n_tiles (gemm2, fp8_block with prequant on the sorted path, K = the rank's intermediate size <= 256): output
@@ -62,7 +64,7 @@ class GemmConfig:
     swap_ab: bool = False      # accumulate [BN, BM] = W @ A.T (weights on the MMA's wide side)
     tma: bool = False          # FP8: weight tiles through a TMA tensor descriptor (N % block_n == 0)
     n_tiles: int = 1           # gemm2, fp8_block + prequant, K <= 256: output tiles per program (A held)
-    ws: bool = False           # fp8_block + prequant: Hopper warp-specialised Gluon kernel where it runs
+    ws: bool = False           # Hopper warp-specialised Gluon kernel where it runs (fp8_block + prequant; MXFP4)
     persistent: bool = False   # ws: one program per multiprocessor walking the tiles
 
 

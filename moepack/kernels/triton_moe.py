@@ -386,6 +386,12 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
                   round_code, stages=gcfg.num_stages, group_m=cfg.group_m, persistent=gcfg.persistent)
         return
     act = meta.activation
+    if ws_mxfp4_applies(meta, cfg, gcfg, stage, A, W, WS, N, K):
+        from .gluon_mxfp4 import moe_mxfp4_ws
+        moe_mxfp4_ws(stage, A, W, WS, bias, out, topk_w, sorted_ids, expert_ids, num_blocks, grid_m, P, N, K, topk,
+                     ACT[act.kind], act.alpha if act.alpha is not None else 1.0, act.limit if stage == 1 else None,
+                     meta.small_scales, stages=gcfg.num_stages, group_m=cfg.group_m, persistent=gcfg.persistent)
+        return
     fmt = FMT[meta.quant]
     se, s1, s2 = _strides3(WS) if fmt != 2 else (0, 0, 0)
     ch = mxfp4_k_chunk(K) if fmt == 0 else 0
@@ -457,6 +463,26 @@ def ws_up_applies(meta: MoEMeta, cfg: configs.MoEConfig, gcfg: configs.GemmConfi
     act = meta.activation
     return (meta.gated and act.kind == "silu" and act.limit is None and gcfg.block_n == 256
             and fuses_quant(meta, cfg) and ws_down_applies(meta, cfg, gcfg, W, N, K))
+
+
+def ws_mxfp4_applies(meta: MoEMeta, cfg: configs.MoEConfig, gcfg: configs.GemmConfig, stage: int, A: torch.Tensor,
+                     W: torch.Tensor, WS: torch.Tensor, N: int, K: int) -> bool:
+    """Whether an MXFP4 GEMM runs the Hopper warp-specialised Gluon kernel (`gluon_mxfp4.moe_mxfp4_ws`): the
+    config asks for it (`gcfg.ws`) with the tile that kernel computes (sorted path, block_m 128, swap-AB,
+    block_n 128, block_k 64), the weight is stored in `triton_fp4_mma_tiles` order with 64-element chunks,
+    gemm1 is gated (swiglu_oai or silu), bf16 activations, on a compute capability 9.0 GPU with a Triton that
+    has Gluon (`gluon_mxfp4.supports`). Elsewhere `_moe_gemm` runs the same config: the same bits."""
+    act = meta.activation
+    if not (gcfg.ws and meta.quant == "mxfp4" and not cfg.per_pair and cfg.block_m == 128 and gcfg.swap_ab
+            and gcfg.block_n == 128 and gcfg.block_k == 64 and not _INTERPRETED and K % 64 == 0
+            and (stage == 2 or (meta.gated and act.kind in ("swiglu_oai", "silu")))
+            and fp4_tiled(meta, stage, N, K)):
+        return False
+    try:
+        from . import gluon_mxfp4
+    except ImportError:  # a Triton without Gluon
+        return False
+    return gluon_mxfp4.supports(A, W, WS, N, K)
 
 
 ROUND_CODE = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 0}

@@ -338,3 +338,43 @@ def test_ws_up_same_bits_gpu(ip, h, dtype, persistent, monkeypatch):
     assert torch.equal(got[0][0], got[1][0])
     assert torch.equal(got[0][1], got[1][1])
     assert torch.equal(got[0][2].view(torch.int16), got[1][2].view(torch.int16))
+
+
+@cuda
+@pytest.mark.parametrize("ws_gemms", [(1, ), (2, ), (1, 2)])
+@pytest.mark.parametrize("fold,persistent", [(False, False), (True, True)])
+def test_ws_mxfp4_same_bits_gpu(ws_gemms, fold, persistent, monkeypatch):
+    """MXFP4 gemm1 (swiglu_oai with clamp and biases) and gemm2 (bias, routed weight) by the Hopper
+    warp-specialised Gluon kernel (`gluon_mxfp4.moe_mxfp4_ws`) give the bits of `_moe_gemm` with the same tile
+    (block_m 128, swap-AB, 128 x 64): Ip = 192 (gemm1: 3 column tiles; gemm2: K of 3 steps), H = 256, 300
+    tokens x 4 slots over 7 experts (two blocks per expert, the second partial), grouped 3 blocks at a time;
+    with and without the folded scale decode; one program per tile, or 3 persistent programs."""
+    from moepack.kernels import gluon_mxfp4, triton_moe
+    from moepack.kernels.configs import GemmConfig, MoEConfig
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised MXFP4 GEMMs run on compute capability 9.0 only")
+    if persistent:
+        grid = gluon_mxfp4._grid
+        monkeypatch.setattr(gluon_mxfp4, "_grid", lambda a, grid_m, num_n, p, programs: grid(a, grid_m, num_n, p, 3))
+    x, tw, ids, local, stored, meta = make_case("mxfp4_swiglu_bias", seed=37, x_dtype=torch.bfloat16, Ip=192,
+                                                H=256, T=300)
+    st = _to(stored, "cuda")
+    if fold:
+        g = torch.Generator().manual_seed(6)
+        for role in ("w13_weight_scale", "w2_weight_scale"):
+            st[role] = torch.randint(110, 129, st[role].shape, generator=g, dtype=torch.int32).to(torch.uint8).cuda()
+    m = dataclasses.replace(triton_moe.MoEMeta(**meta), small_scales=fold)
+    plain = GemmConfig(128, 64, 8, 4, swap_ab=True)
+    outs = []
+    for ws in (False, True):
+        g = dataclasses.replace(plain, ws=ws, persistent=ws and persistent)
+        cfg = MoEConfig(per_pair=False, block_m=128, group_m=3, gemm1=g if 1 in ws_gemms else plain,
+                        gemm2=g if 2 in ws_gemms else plain)
+        for stage, w, n, k in ((1, "w13_weight", 384, 256), (2, "w2_weight", 256, 192)):
+            want = ws and stage in ws_gemms
+            assert triton_moe.ws_mxfp4_applies(m, cfg, cfg.gemm1 if stage == 1 else cfg.gemm2, stage,
+                                               x.cuda(), st[w], st[w + "_scale"], n, k) == want
+        outs.append(triton_moe.fused_moe(x.cuda(), tw.cuda(), ids.cuda(), st, m, config=cfg))
+    assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
+    if not fold:
+        assert rel_err(outs[1], expected64(x, tw, ids, local)) < TOLERANCE["mxfp4"]

@@ -85,3 +85,47 @@ def test_the_table_asks_for_it_only_where_it_can_apply():
             if cfg.gemm1.ws:
                 assert triton_moe.fuses_quant(meta, cfg)
     assert pick("fp8_block", 16384, 256, 8, 7168, 2048).gemm2.ws
+
+
+MX_META = triton_moe.MoEMeta(quant="mxfp4", activation=Activation("swiglu_oai", alpha=1.702, limit=7.0), gated=True,
+                             E_l=4, H=256, Ip=192)
+MX_G = GemmConfig(block_n=128, block_k=64, num_warps=8, num_stages=4, swap_ab=True, ws=True)
+MX_CFG = MoEConfig(per_pair=False, block_m=128, gemm1=MX_G, gemm2=MX_G)
+
+
+def _mx(n=384, k=256, device="cpu"):
+    """(bf16 activations [8, k], packed weights [4, n, k/2] uint8, e8m0 scales [4, k/32, n] uint8)."""
+    return (torch.zeros(8, k, dtype=torch.bfloat16, device=device), torch.zeros(4, n, k // 2, dtype=torch.uint8,
+            device=device), torch.zeros(4, k // 32, n, dtype=torch.uint8, device=device))
+
+
+def test_mxfp4_off_hopper_the_triton_kernel_runs():
+    pytest.importorskip("moepack.kernels.gluon_mxfp4")
+    for stage, (n, k) in ((1, (384, 256)), (2, (256, 192))):
+        assert not triton_moe.ws_mxfp4_applies(MX_META, MX_CFG, MX_G, stage, *_mx(n, k), n, k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="needs a compute capability 9.0 GPU")
+@pytest.mark.gpu
+def test_each_mxfp4_condition_is_needed_on_hopper():
+    """The MXFP4 Gluon GEMMs need the config to ask (ws) for their tile (sorted path, block_m 128, swap-AB,
+    128 x 64), the tiled weight layout with K % 64 == 0, N % 128 == 0, bf16 activations and (gemm1) a gated
+    swiglu_oai / silu layer."""
+    a, w, s = _mx(device="cuda")
+    assert triton_moe.ws_mxfp4_applies(MX_META, MX_CFG, MX_G, 1, a, w, s, 384, 256)
+    no = [
+        (MX_META, MX_CFG, dataclasses.replace(MX_G, ws=False), 1, a, w, s, 384, 256),
+        (MX_META, dataclasses.replace(MX_CFG, per_pair=True), MX_G, 1, a, w, s, 384, 256),
+        (MX_META, dataclasses.replace(MX_CFG, block_m=64), MX_G, 1, a, w, s, 384, 256),
+        (MX_META, MX_CFG, dataclasses.replace(MX_G, swap_ab=False), 1, a, w, s, 384, 256),
+        (MX_META, MX_CFG, dataclasses.replace(MX_G, block_n=256), 1, a, w, s, 384, 256),
+        (MX_META, MX_CFG, dataclasses.replace(MX_G, block_k=128), 1, a, w, s, 384, 256),
+        (dataclasses.replace(MX_META, fp4_tiles=(False, False)), MX_CFG, MX_G, 1, a, w, s, 384, 256),
+        (dataclasses.replace(MX_META, gated=False), MX_CFG, MX_G, 1, a, w, s, 384, 256),
+        (dataclasses.replace(MX_META, quant="fp8_block"), MX_CFG, MX_G, 1, a, w, s, 384, 256),
+        (MX_META, MX_CFG, MX_G, 1, a.half(), w, s, 384, 256),
+        (MX_META, MX_CFG, MX_G, 2, *_mx(192, 256, "cuda"), 192, 256),     # N not a multiple of 128
+    ]
+    for args in no:
+        assert not triton_moe.ws_mxfp4_applies(*args), args[:4]
