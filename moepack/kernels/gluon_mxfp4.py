@@ -26,9 +26,9 @@ Status (docs/KERNEL_NOTES.md v17): same bits as Triton, but slower on the H100 (
 gptoss-ws.json), so the tuned table does not use it; the sweep offers it (config `ws` on an MXFP4 GEMM). The
 Triton kernel runs two 8-warp programs per multiprocessor, four warpgroups sharing the tensor cores; this one
 runs one program of two consumers (168 registers x 384 threads). Keeping a step's products in flight while the
-same warpgroup decodes the next one (wait for <= 2 groups) makes ptxas serialise every wgmma here (C7512,
-"insufficient register resources", also at 232 registers and with the steps unrolled in pairs), though a
-plain register-operand loop with the same waits compiles unserialised; not resolved.
+same warpgroup decodes the next one (wait for <= 2 groups) makes ptxas serialise every wgmma with the
+partitions' register reallocation below (C7512); with equal register counts it compiles pipelined but ran
+slower still and rewrites in-flight A registers, so this kernel waits for each step.
 """
 from __future__ import annotations
 
