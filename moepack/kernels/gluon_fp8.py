@@ -298,10 +298,11 @@ def _check_stages(name, stages, most):
         raise ValueError(f"{name}: stages must be 2..{most} (shared memory), got {stages}")
 
 
-def _grid(a, grid_m, N, persistent, programs):
-    """One program per tile (grid_m blocks at most x N / 256), or, persistent, at most `programs` (None: one
-    per multiprocessor), each walking every grid-th tile (the next tile's loads under this one's epilogue)."""
-    tiles = grid_m * (N // (2 * BNH))
+def _grid(a, grid_m, num_n, persistent, programs):
+    """One program per tile (grid_m blocks at most x num_n column tiles), or, persistent, at most `programs`
+    (None: one per multiprocessor), each walking every grid-th tile (the next tile's loads under this one's
+    epilogue). Also used by `gluon_mxfp4`."""
+    tiles = grid_m * num_n
     if persistent:
         tiles = min(tiles, programs or torch.cuda.get_device_properties(a.device).multi_processor_count)
     return (max(tiles, 1),)
@@ -317,7 +318,7 @@ def moe_down_ws(a2, a2s, w2, w2s, y, topk_w, sorted_ids, expert_ids, num_blocks,
     one per tile."""
     _check_stages("moe_down_ws", stages, 4)
     se, s1, s2 = w2s.stride()
-    _moe_down_ws[_grid(a2, grid_m, N, persistent, programs)](
+    _moe_down_ws[_grid(a2, grid_m, N // (2 * BNH), persistent, programs)](
         a2, a2.stride(0), a2s, a2s.stride(0), _weight_descriptor(w2), w2s, se, s1, s2, y, y.stride(0), topk_w,
         sorted_ids, expert_ids, num_blocks, P, N, K, BM=BM, BNH=BNH, STAGES=stages, GROUP_M=group_m,
         LOADER_WARPS=LOADER_WARPS, num_warps=4)
@@ -334,12 +335,13 @@ def moe_up_ws(a1, a1s, w13, w13s, a2, a2s, sorted_ids, expert_ids, num_blocks, g
     stages <= 5. persistent: as `moe_down_ws`."""
     _check_stages("moe_up_ws", stages, 5)
     se, s1, s2 = w13s.stride()
-    _moe_up_ws[_grid(a1, grid_m, N, persistent, programs)](
+    _moe_up_ws[_grid(a1, grid_m, N // (2 * BNH), persistent, programs)](
         a1, a1.stride(0), a1s, a1s.stride(0), _weight_descriptor(w13), w13s, se, s1, s2, a2, a2.stride(0), a2s,
         a2s.stride(0), sorted_ids, expert_ids, num_blocks, P, N, K, N // 256, TOPK=topk, ROUND=round_code, BM=BM,
         BNH=BNH, STAGES=stages, GROUP_M=group_m, LOADER_WARPS=LOADER_WARPS, num_warps=4)
 
 
 def supported(device: torch.device) -> bool:
-    """Whether this kernel can run on `device`: CUDA compute capability 9.0 (Hopper; its wgmma and setmaxnreg)."""
+    """Whether this kernel (and `gluon_mxfp4`'s) can run on `device`: CUDA compute capability 9.0 (Hopper; its
+    wgmma and setmaxnreg)."""
     return device.type == "cuda" and not torch.version.hip and torch.cuda.get_device_capability(device) == (9, 0)

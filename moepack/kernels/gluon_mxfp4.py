@@ -38,17 +38,14 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from .gluon_fp8 import _tile
-from .triton_mxfp4 import _bits_asm, _untile_order
+from .gluon_fp8 import _check_stages, _grid, _tile, supported
+from .triton_mxfp4 import _BITS_ASM, _BITS_FOLD_ASM, _UNTILE
 
 BLOCK_M = 128    # routed pairs per tile = the routing sort's block_m
 ROWS = 64        # stored weight rows per consumer warpgroup
 BM = gl.constexpr(BLOCK_M)
 WM = gl.constexpr(ROWS)
 LOADER_WARPS = 4
-_ASM = gl.constexpr(_bits_asm(fold=False))
-_ASM_FOLD = gl.constexpr(_bits_asm(fold=True))
-_UNTILE = gl.constexpr(_untile_order())
 
 
 @gluon.jit
@@ -120,12 +117,8 @@ def _decode(p, s_lo, s_hi, FOLD: gl.constexpr, WM: gl.constexpr, dot_a: gl.const
     """(`_load_step`'s registers) -> (low, high) [WM, 32] bf16 in the wgmma A-operand layout, scaled: the bit
     decode of `triton_mxfp4.mxfp4_step` (TILED, swap-AB), then times the bf16 2^(s - 127) (FOLD: 2^(s - 1)) of
     each row's scale code."""
-    if FOLD:
-        lo, hi = gl.inline_asm_elementwise(_ASM_FOLD, "=r,=r,=r,=r,r", [p], dtype=(gl.bfloat16, gl.bfloat16),
-                                           is_pure=True, pack=4)
-    else:
-        lo, hi = gl.inline_asm_elementwise(_ASM, "=r,=r,=r,=r,r", [p], dtype=(gl.bfloat16, gl.bfloat16),
-                                           is_pure=True, pack=4)
+    lo, hi = gl.inline_asm_elementwise(_BITS_FOLD_ASM if FOLD else _BITS_ASM, "=r,=r,=r,=r,r", [p],
+                                       dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=4)
     lo = gl.convert_layout(_from_tiles(lo, WM), dot_a, assert_trivial=True)
     hi = gl.convert_layout(_from_tiles(hi, WM), dot_a, assert_trivial=True)
     c_lo = s_lo.to(gl.int16)
@@ -188,18 +181,24 @@ def _consumer(BIAS, stride_be, OUT, stride_om, TOPK_W, SORTED, EXPERT_IDS, NUM_B
                 h = gate * (1 / (1 + gl.exp(-(alpha * gate)))) * (up + 1.0)
             else:
                 h = gate * (1 / (1 + gl.exp(-gate))) * up
-            _store_rows(h, OUT, stride_om, SORTED, P, pid_m, n0 // 2)
+            h_lay: gl.constexpr = h.type.layout
+            _store_rows(h, _block_pairs(SORTED, pid_m, h_lay), OUT, stride_om, P, n0 // 2)
         else:
-            rows = gl.load(SORTED + pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, ep)))
+            rows = _block_pairs(SORTED, pid_m, ep)
             wt = gl.load(TOPK_W + rows, mask=rows < P, other=0.0)
-            _store_rows(v * gl.expand_dims(wt, 1), OUT, stride_om, SORTED, P, pid_m, n0)
+            _store_rows(v * gl.expand_dims(wt, 1), rows, OUT, stride_om, P, n0)
 
 
 @gluon.jit
-def _store_rows(v, OUT, stride_om, SORTED, P, pid_m, col0):
-    """OUT[sorted pair, col0 ..] = v [BM, C] float32 in OUT's dtype, for the block's pairs < P."""
+def _block_pairs(SORTED, pid_m, lay: gl.constexpr):
+    """The block's sorted pairs [BM] int32, as the rows of a [BM, C] tensor in layout `lay`."""
+    return gl.load(SORTED + pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, lay)))
+
+
+@gluon.jit
+def _store_rows(v, rows, OUT, stride_om, P, col0):
+    """OUT[rows, col0 ..] = v [BM, C] float32 in OUT's dtype, for the pairs rows < P (`_block_pairs`)."""
     lay: gl.constexpr = v.type.layout
-    rows = gl.load(SORTED + pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, lay)))
     offs = col0 + gl.arange(0, v.shape[1], layout=gl.SliceLayout(0, lay))
     gl.store(OUT + gl.expand_dims(rows.to(gl.int64) * stride_om, 1) + gl.expand_dims(offs, 0),
              v.to(OUT.dtype.element_ty), mask=gl.expand_dims(rows < P, 1))
@@ -243,20 +242,7 @@ def supports(a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, N: int, K: int)
     return (a.dtype == torch.bfloat16 and K % 64 == 0 and N % (2 * ROWS) == 0
             and w.dtype == torch.uint8 and w.dim() == 3 and w.is_contiguous() and tuple(w.shape[1:]) == (N, K // 2)
             and ws.dim() == 3 and tuple(ws.shape[1:]) == (K // 32, N) and ws.stride(2) == 1
-            and ws.stride(1) % 16 == 0 and ws.stride(0) % 16 == 0 and _gpu_ok(a.device))
-
-
-def _gpu_ok(device: torch.device) -> bool:
-    return device.type == "cuda" and not torch.version.hip and torch.cuda.get_device_capability(device) == (9, 0)
-
-
-def _grid(a, grid_m, num_n, persistent, programs):
-    """One program per tile (grid_m blocks at most x num_n column tiles), or, persistent, at most `programs`
-    (None: one per multiprocessor), each walking every grid-th tile."""
-    tiles = grid_m * num_n
-    if persistent:
-        tiles = min(tiles, programs or torch.cuda.get_device_properties(a.device).multi_processor_count)
-    return (max(tiles, 1),)
+            and ws.stride(1) % 16 == 0 and ws.stride(0) % 16 == 0 and supported(a.device))
 
 
 def moe_mxfp4_ws(stage, a, w, ws, bias, out, topk_w, sorted_ids, expert_ids, num_blocks, grid_m, P, N, K, topk,
@@ -269,7 +255,6 @@ def moe_mxfp4_ws(stage, a, w, ws, bias, out, topk_w, sorted_ids, expert_ids, num
     (`triton_mxfp4.small_scales`). Tiles of 128 weight rows (two consumer warpgroups of 64), a ring of
     `stages` K-steps (<= 6: shared memory). persistent: at most `programs` programs (None: one per
     multiprocessor)."""
-    from .gluon_fp8 import _check_stages
     _check_stages("moe_mxfp4_ws", stages, 6)
     _moe_mxfp4_ws[_grid(a, grid_m, N // (2 * ROWS), persistent, programs)](
         a, a.stride(0), w, w.stride(0), ws, ws.stride(0), ws.stride(1), bias if bias is not None else out,

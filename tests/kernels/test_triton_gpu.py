@@ -253,7 +253,7 @@ def _few_programs(monkeypatch, persistent):
     from moepack.kernels import gluon_fp8
     if persistent:
         grid = gluon_fp8._grid
-        monkeypatch.setattr(gluon_fp8, "_grid", lambda a, grid_m, N, p, programs: grid(a, grid_m, N, p, 3))
+        monkeypatch.setattr(gluon_fp8, "_grid", lambda a, grid_m, num_n, p, programs: grid(a, grid_m, num_n, p, 3))
 
 
 def _ws_config(stage, ws, persistent):
