@@ -5,6 +5,7 @@ Run on the GPU machine from the repo root, with the peer sources fetched into .p
 
     python benchmarks/kernels.py [--cases gptoss,ds_tp8,ds_tp1] [--ms 1,8,...] [--workers 14] [--out $OUT/kernels.json]
     python benchmarks/kernels.py --sweep [...]     # time many tile configs instead (-> configs.TUNED)
+    python benchmarks/kernels.py --decode [...]    # time single-launch decode configs (triton_decode) instead
 
 At the end it prints the issue's targets cell by cell (benchmarks/targets.py, also stored in the JSON).
 
@@ -69,26 +70,38 @@ def peer_layer(case: str):
     return PeerLayer(load_peer(sg), E, H, I, k, True, tuned_configs(sg, E, I, True))
 
 
-def bench_gptoss(R, Ms, rows):
+def gptoss_stored(L) -> tuple[dict, MoEMeta]:
+    """The peer gpt-oss layer's own weights in moepack's stored Triton layout, and the layer's meta."""
     _, E, k, H, I = SHAPES["gptoss"]
-    L = peer_layer("gptoss")
     logical = {"w13_weight": deinterleave(L.q13), "w13_weight_scale": deinterleave(L.s13),
                "w13_bias": deinterleave(L.b13), "w2_weight": L.q2, "w2_weight_scale": L.s2, "w2_bias": L.b2}
     stored = to_triton("mxfp4", True, logical)
-    meta = MoEMeta("mxfp4", Activation("swiglu_oai", alpha=1.702, limit=7.0), True, E, H, I, True,
-                   small_scales(stored["w13_weight_scale"], stored["w2_weight_scale"]))
+    return stored, MoEMeta("mxfp4", Activation("swiglu_oai", alpha=1.702, limit=7.0), True, E, H, I, True,
+                           small_scales(stored["w13_weight_scale"], stored["w2_weight_scale"]))
+
+
+def gptoss_inputs(M: int, L, g) -> tuple:
+    """gpt-oss activations and routing at M from generator g: (x [M, H] bf16, topk weights [M, k] float32,
+    ids [M, k] int32); the peer layer L is prepared with the same logits."""
+    _, E, k, H, _ = SHAPES["gptoss"]
+    x = torch.randn(M, H, device="cuda", generator=g).to(torch.bfloat16)
+    logits = torch.randn(M, E, device="cuda", generator=g)
+    L.prepare(x, logits)
+    vals, ids = torch.topk(logits, k, -1)
+    return x, torch.softmax(vals, -1).float().contiguous(), ids.to(torch.int32).contiguous()
+
+
+def bench_gptoss(R, Ms, rows):
+    _, E, k, H, I = SHAPES["gptoss"]
+    L = peer_layer("gptoss")
+    stored, meta = gptoss_stored(L)
     print(f"(small_scales: {meta.small_scales})", flush=True)
     g = torch.Generator(device="cuda").manual_seed(1)
     name = "gpt-oss-120b MXFP4 w4a16 (E=128, top-4, H=I=2880)"
     print(f"\n## {name}; peer: triton_kernels matmul_ogs", flush=True)
     _header()
     for M in Ms:
-        x = torch.randn(M, H, device="cuda", generator=g).to(torch.bfloat16)
-        logits = torch.randn(M, E, device="cuda", generator=g)
-        L.prepare(x, logits)
-        vals, ids = torch.topk(logits, k, -1)
-        tw = torch.softmax(vals, -1).float().contiguous()
-        ids = ids.to(torch.int32).contiguous()
+        x, tw, ids = gptoss_inputs(M, L, g)
         ours = lambda: fused_moe(x, tw, ids, stored, meta)  # noqa: E731
         err = rel(ours(), L.reference()) if M <= 4096 else float("nan")
         peer_err = rel(L.gemms(), L.reference()) if M <= 4096 else float("nan")
@@ -283,14 +296,15 @@ def _stage_launcher(stored, meta, x, tw, ids, opt, g1, g2):
     else:
         s, e, nb = moe_align(ids, E, bm)
         route = (s, e, nb, fl, max_blocks(P, E, bm))
-    inter = torch.zeros(P, Ip, dtype=x.dtype, device=x.device)
     y = torch.empty(P, H, dtype=x.dtype, device=x.device)
     a1, a1s = quantize_groups(x) if preq else (x, None)
-    a2, a2s = quantize_groups(inter) if preq else (inter, None)
     w2b = stored.get("w2_bias")
     # gemm1 with the quantization of its output (in its epilogue where the tile allows, else a separate pass)
     pdl = pdl_enabled(x.device, T, meta.quant)
     g1f = lambda: stage1(x, a1, a1s, stored, None, twf, route, meta, cfg, k, pdl)  # noqa: E731
+    # gemm2 is timed on gemm1's real output: on zeros the tensor cores draw less power, so a sustained
+    # run holds higher clocks than the layer ever sees
+    a2, a2s = g1f()
     g2f = lambda: _launch_gemm(2, a2, stored["w2_weight"], stored.get("w2_weight_scale"), w2b, None, y, twf,  # noqa: E731
                                route, P, H, Ip, meta, cfg, g2, k, pdl, a2s)
     return g1f, g2f, lambda: fused_moe(x, tw, ids, stored, meta, config=cfg), cfg
@@ -302,6 +316,18 @@ def _inputs(M, E, k, H, device="cuda"):
     ids = torch.rand(M, E, device=device, generator=g).argsort(-1)[:, :k].to(torch.int32).contiguous()
     tw = torch.softmax(torch.randn(M, k, device=device, generator=g), -1).contiguous()
     return x, tw, ids
+
+
+def _each_input(cases, Ms):
+    """(case, M, stored, meta, x, tw, ids): each case's random stored weights (`random_stored`, freed after
+    the case) with the inputs of each M (`_inputs`)."""
+    for case in cases:
+        quant, E, k, H, I = SHAPES[case]
+        st, meta = random_stored(quant, E, H, I)
+        for M in Ms:
+            yield (case, M, st, meta) + _inputs(M, E, k, H)
+        del st
+        torch.cuda.empty_cache()
 
 
 def _compile_worker(args):
@@ -360,52 +386,114 @@ def sweep(cases, Ms, out_path, workers):
                     jobs += [(case, M, opt, g, st) for st in _stages(g)]
     precompile(jobs, workers)
     res = {"rows": [], "best": {}}
-    for case in cases:
+    for case, M, st, meta, x, tw, ids in _each_input(cases, Ms):
         quant, E, k, H, I = SHAPES[case]
-        st, meta = random_stored(quant, E, H, I)
-        for M in Ms:
-            x, tw, ids = _inputs(M, E, k, H)
-            finals = []
-            for opt, gs in sweep_candidates(quant, M, I):
-                best = {}
-                for g in gs:
-                    for stage in _stages(g):
-                        try:
-                            f1, f2, _, _ = _stage_launcher(st, meta, x, tw, ids, opt, g, g)
-                            t = graph_time(f1 if stage == 1 else f2, 10)
-                        except Exception as exc:
-                            t = float("inf")
-                            print(f"  {case} M={M} {opt} {g} stage {stage}: {type(exc).__name__}", flush=True)
-                        res["rows"].append(dict(case=case, M=M, opt=opt, cfg=g.__dict__, stage=stage, us=t * 1e6))
-                        if t < best.get(stage, (float("inf"),))[0]:
-                            best[stage] = (t, g)
-                if 1 not in best or 2 not in best:
-                    continue
-                _, _, whole, cfg = _stage_launcher(st, meta, x, tw, ids, opt, best[1][1], best[2][1])
-                tw_ = graph_time(whole, 10)
-                finals.append((tw_, cfg, best[1][0], best[2][0]))
-                print(f"{case} M={M} {opt}: gemm1 {best[1][0] * 1e6:.1f} us {best[1][1]}, gemm2 "
-                      f"{best[2][0] * 1e6:.1f} us {best[2][1]}, layer {tw_ * 1e6:.1f} us", flush=True)
-            if finals:
-                tbest, cfg, _, _ = min(finals, key=lambda r: r[0])
-                ref = fused_moe(x, tw, ids, st, meta).float()     # the shipped table's config
+        finals = []
+        for opt, gs in sweep_candidates(quant, M, I):
+            best = {}
+            for g in gs:
+                for stage in _stages(g):
+                    try:
+                        f1, f2, _, _ = _stage_launcher(st, meta, x, tw, ids, opt, g, g)
+                        t = graph_time(f1 if stage == 1 else f2, 10)
+                    except Exception as exc:
+                        t = float("inf")
+                        print(f"  {case} M={M} {opt} {g} stage {stage}: {type(exc).__name__}", flush=True)
+                    res["rows"].append(dict(case=case, M=M, opt=opt, cfg=g.__dict__, stage=stage, us=t * 1e6))
+                    if t < best.get(stage, (float("inf"),))[0]:
+                        best[stage] = (t, g)
+            if 1 not in best or 2 not in best:
+                continue
+            _, _, whole, cfg = _stage_launcher(st, meta, x, tw, ids, opt, best[1][1], best[2][1])
+            tw_ = graph_time(whole, 10)
+            finals.append((tw_, cfg, best[1][0], best[2][0]))
+            print(f"{case} M={M} {opt}: gemm1 {best[1][0] * 1e6:.1f} us {best[1][1]}, gemm2 "
+                  f"{best[2][0] * 1e6:.1f} us {best[2][1]}, layer {tw_ * 1e6:.1f} us", flush=True)
+        if finals:
+            tbest, cfg, _, _ = min(finals, key=lambda r: r[0])
+            ref = fused_moe(x, tw, ids, st, meta).float()     # the shipped table's config
+            got = fused_moe(x, tw, ids, st, meta, config=cfg).float()
+            diff = float((got - ref).norm() / ref.norm())
+            res["best"][f"{case}/{M}"] = dict(layer_us=tbest * 1e6, per_pair=cfg.per_pair, block_m=cfg.block_m,
+                                             prequant=cfg.prequant, gemm1=cfg.gemm1.__dict__,
+                                             gemm2=cfg.gemm2.__dict__, rel_diff_vs_table=diff)
+            t_nopdl = None              # the layer again without PDL, where the policy turns it on
+            if triton_moe.pdl_enabled(x.device, M, quant):
+                pdl_setting, triton_moe.USE_PDL = triton_moe.USE_PDL, False
+                t_nopdl = graph_time(lambda: fused_moe(x, tw, ids, st, meta, config=cfg), 10) * 1e6
+                triton_moe.USE_PDL = pdl_setting
+            res["best"][f"{case}/{M}"]["layer_us_without_pdl"] = t_nopdl
+            print(f"BEST {case} M={M}: {tbest * 1e6:.1f} us {cfg} (rel diff vs table config {diff:.1e}; "
+                  f"without PDL {t_nopdl} us)", flush=True)
+        json.dump(res, open(out_path, "w"), indent=1)
+    print(f"sweep done in {time.time() - t0:.0f} s", flush=True)
+
+
+def decode_candidates(case: str, M: int) -> list[MoEConfig]:
+    """Single-launch decode configs (`triton_decode`) at M: the table's per-pair tiles (its sorted config
+    at M = 8 where the table does not take the per-pair path) with K split in gemm1 and gemm2, 2-4
+    programs per multiprocessor; DeepSeek-V3 TP8 also 128-row gemm1 and 64-row gemm2 tiles."""
+    from moepack.kernels.configs import pick
+    quant, E, k, H, I = SHAPES[case]
+    rep = dataclasses.replace
+    base = rep(pick(quant, M, E, k, H, I), per_pair=True, block_m=16, prequant=False)
+    s1s, s2s = {"gptoss": ((1, 2, 3), (1, 2, 3)), "ds_tp8": ((2, 4, 7), (1, 2)), "ds_tp1": ((1, 2), (1, 2))}[case]
+    out = [rep(base, fused=f, gemm1=rep(base.gemm1, split_k=a), gemm2=rep(base.gemm2, split_k=b))
+           for a in s1s for b in s2s for f in (2, 3, 4)]
+    if case == "ds_tp8":
+        out += [rep(base, fused=f, gemm1=rep(base.gemm1, block_n=bn1, split_k=a), gemm2=rep(base.gemm2, block_n=bn2))
+                for bn1, a in ((64, 8), (128, 4), (128, 8)) for bn2 in (64, 128) for f in (2, 3)]
+    return out
+
+
+def _decode_compile_worker(args):
+    """Worker process: one layer of each (case, M, config) at small E -> Triton disk cache."""
+    jobs, = args
+    import torch as _t
+    _t.cuda.init()
+    for case, M, cfg in jobs:
+        quant, E, k, H, I = SHAPES[case]
+        try:
+            st, meta = random_stored(quant, 2 * k, H, I)
+            x, tw, ids = _inputs(M, 2 * k, k, H)
+            fused_moe(x, tw, ids, st, meta, config=cfg)
+            _t.cuda.synchronize()
+        except Exception:
+            pass
+    return 0
+
+
+def decode_sweep(cases, Ms, out_path, workers):
+    """Whole-layer time of the table's config and of each single-launch decode candidate, per case and M."""
+    import multiprocessing as mp
+    jobs = [(c, M, cfg) for c in cases for M in Ms for cfg in decode_candidates(c, M) if cfg.fused == 2]
+    if workers > 1:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            pool.map(_decode_compile_worker, [([j for i, j in enumerate(jobs) if i % workers == w],)
+                                              for w in range(workers)])
+    res = {"rows": [], "best": {}}
+    for case, M, st, meta, x, tw, ids in _each_input(cases, Ms):
+        ref = fused_moe(x, tw, ids, st, meta).float()
+        t_table = graph_time(lambda: fused_moe(x, tw, ids, st, meta)) * 1e6
+        best = (t_table, None)
+        print(f"{case} M={M}: table {t_table:.1f} us", flush=True)
+        for cfg in decode_candidates(case, M):
+            try:
                 got = fused_moe(x, tw, ids, st, meta, config=cfg).float()
                 diff = float((got - ref).norm() / ref.norm())
-                res["best"][f"{case}/{M}"] = dict(layer_us=tbest * 1e6, per_pair=cfg.per_pair, block_m=cfg.block_m,
-                                                 prequant=cfg.prequant, gemm1=cfg.gemm1.__dict__,
-                                                 gemm2=cfg.gemm2.__dict__, rel_diff_vs_table=diff)
-                t_nopdl = None              # the layer again without PDL, where the policy turns it on
-                if triton_moe.pdl_enabled(x.device, M, quant):
-                    pdl_setting, triton_moe.USE_PDL = triton_moe.USE_PDL, False
-                    t_nopdl = graph_time(lambda: fused_moe(x, tw, ids, st, meta, config=cfg), 10) * 1e6
-                    triton_moe.USE_PDL = pdl_setting
-                res["best"][f"{case}/{M}"]["layer_us_without_pdl"] = t_nopdl
-                print(f"BEST {case} M={M}: {tbest * 1e6:.1f} us {cfg} (rel diff vs table config {diff:.1e}; "
-                      f"without PDL {t_nopdl} us)", flush=True)
-            json.dump(res, open(out_path, "w"), indent=1)
-        del st
-        torch.cuda.empty_cache()
-    print(f"sweep done in {time.time() - t0:.0f} s", flush=True)
+                t = graph_time(lambda: fused_moe(x, tw, ids, st, meta, config=cfg)) * 1e6
+            except Exception as exc:
+                print(f"  {cfg}: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+                continue
+            res["rows"].append(dict(case=case, M=M, cfg=dataclasses.asdict(cfg), us=t, rel_diff_vs_table=diff))
+            print(f"  fused {cfg.fused} split {cfg.gemm1.split_k}/{cfg.gemm2.split_k}: {t:.1f} us "
+                  f"(rel diff vs table {diff:.1e})", flush=True)
+            if t < best[0]:
+                best = (t, cfg)
+        res["best"][f"{case}/{M}"] = dict(table_us=t_table, us=best[0],
+                                          cfg=dataclasses.asdict(best[1]) if best[1] else None)
+        print(f"BEST {case} M={M}: {best[0]:.1f} us (table {t_table:.1f}) {best[1]}", flush=True)
+        json.dump(res, open(out_path, "w"), indent=1)
 
 
 def main():
@@ -414,6 +502,8 @@ def main():
     ap.add_argument("--ms", default=",".join(map(str, MS)))
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "kernels.json"))
     ap.add_argument("--sweep", action="store_true", help="time many tile configs per case and M instead")
+    ap.add_argument("--decode", action="store_true",
+                    help="time the single-launch decode candidates (triton_decode) against the table instead")
     ap.add_argument("--workers", type=int, default=14, help="parallel compile processes (1: compile on first use)")
     ap.add_argument("--pdl", choices=("auto", "on", "off"), default="auto",
                     help="programmatic dependent launch: the package's policy (auto), or forced on/off")
@@ -423,6 +513,8 @@ def main():
     Ms = [int(m) for m in a.ms.split(",")]
     if a.sweep:
         return sweep(a.cases.split(","), Ms, a.out, a.workers)
+    if a.decode:
+        return decode_sweep(a.cases.split(","), Ms, a.out, a.workers)
     from moepack.kernels.configs import pick
     jobs = []
     for case in a.cases.split(","):

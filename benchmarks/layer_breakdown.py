@@ -48,7 +48,7 @@ def breakdown(case: str, M: int) -> dict:
     if cfg.prequant:
         t["quant inter"] = graph_time(lambda: quantize_groups(inter))
     t["gemm2"] = graph_time(g2)
-    t["combine"] = graph_time(lambda: _combine[(M, triton.cdiv(H, 1024))](y, fl, out, H, TOPK=k, BH=1024))
+    t["combine"] = graph_time(lambda: _combine[(M, triton.cdiv(H, 1024))](y, fl, out, H, M * k, TOPK=k, BH=1024))
     t["whole"] = graph_time(whole)
     t["rest"] = t["whole"] - sum(v for n, v in t.items() if n != "whole")
     row = {"case": case, "M": M, "config": repr(cfg), **{n: v * 1e6 for n, v in t.items()}}

@@ -16,7 +16,8 @@ version 15: TP1 gemm2 at M >= 1024 by the warp-specialised Gluon kernel (`ws`),
 benchmarks/kernels-sweep-h100-2026-11-24-s9-tp1-ws.json; version 16: TP1 gemm1 at M >= 1024 by its Gluon
 twin, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp1-ws-up.json, and both persistent (one program per
 multiprocessor) where that won, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp1-persistent.json; TP8 gemm1
-at M >= 1024 by the same kernel, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp8-ws-up.json).
+at M >= 1024 by the same kernel, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp8-ws-up.json; version 18: TP8
+M = 1 by the single-launch decode, benchmarks/decode-sweep-h100-2026-11-24-s12-tp8.json).
 Any other shape uses the table of the nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
@@ -45,6 +46,11 @@ else TP1) at its own M bucket; M between buckets uses the next larger bucket.
   offered to the sweep but in no table entry (slower than the Triton tile, docs/KERNEL_NOTES.md v17).
 - persistent (ws only): one program per multiprocessor, each walking every grid-th tile, so the next
   tile's loads run under this one's epilogue; else one program per tile. Same bits either way.
+- fused (per-pair path, mxfp4 / fp8_block without prequant): both GEMMs in one persistent launch of this
+  many programs per multiprocessor, work taken by ticket (`triton_decode`); split_k (per GEMM, with fused):
+  K split into that many float32 partials. Shipped for DeepSeek-V3 TP8 at M = 1 (gemm1 in 4 splits: 256
+  work units instead of 64 programs; 46 -> 33 us, benchmarks/decode-sweep-h100-2026-11-24-s12-tp8.json);
+  it lost for gpt-oss and tied for TP1 (benchmarks/decode-sweep-h100-2026-11-24-s12.json).
 - n_tiles (gemm2, fp8_block with prequant on the sorted path, K = the rank's intermediate size <= 256): output
   tiles per program. Each program holds its block's quantized rows and walks n_tiles tiles of y, the weight
   tiles of the next streaming in during this one's MMA and epilogue (`triton_moe._moe_down_resident`);
@@ -66,6 +72,7 @@ class GemmConfig:
     n_tiles: int = 1           # gemm2, fp8_block + prequant, K <= 256: output tiles per program (A held)
     ws: bool = False           # Hopper warp-specialised Gluon kernel where it runs (fp8_block + prequant; MXFP4)
     persistent: bool = False   # ws: one program per multiprocessor walking the tiles
+    split_k: int = 1           # per-pair path with MoEConfig.fused: K split into this many float32 partials
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class MoEConfig:
     gemm2: GemmConfig
     group_m: int = 8
     prequant: bool = False     # fp8_block: quantize activations in one pass before each GEMM
+    fused: int = 0             # per-pair path: both GEMMs in one persistent launch, this many programs per SM
 
 
 BUCKETS = (1, 8, 64, 256, 1024, 4096, 16384)
@@ -89,7 +97,7 @@ def _bucket(M: int) -> int:
 
 
 G = GemmConfig
-# (quant, H, Ip) -> {M bucket: (per_pair, block_m, prequant, gemm1, gemm2)}; H100 sweep winners
+# (quant, H, Ip) -> {M bucket: (per_pair, block_m, prequant, gemm1, gemm2[, fused])}; H100 sweep winners
 TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
     ("mxfp4", 2880, 2880): {                      # gpt-oss-120b, E=128, top-4
         1: (True, 16, False, G(64, 256, 4, 3, True), G(64, 256, 4, 3, True)),
@@ -101,7 +109,8 @@ TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
         16384: (False, 128, False, G(128, 64, 8, 4, True), G(128, 128, 4, 3, True)),
     },
     ("fp8_block", 7168, 256): {                   # DeepSeek-V3 TP8 rank, E=256, top-8
-        1: (True, 16, False, G(64, 128, 4, 4, True, tma=True), G(128, 128, 4, 4, True)),
+        # M = 1: both GEMMs in one launch, 3 programs per multiprocessor, gemm1's K in 4 splits (version 18)
+        1: (True, 16, False, G(64, 128, 4, 4, True, tma=True, split_k=4), G(128, 128, 4, 4, True), 3),
         8: (True, 16, False, G(64, 128, 4, 3, True, tma=True), G(64, 128, 4, 3, True, tma=True)),  # per pair
         64: (False, 16, True, G(128, 128, 4, 5, True, tma=True), G(128, 128, 4, 3, True, tma=True, n_tiles=4)),
         256: (False, 16, True, G(128, 128, 4, 3, True, tma=True), G(128, 128, 4, 3, True, tma=True, n_tiles=4)),
@@ -134,23 +143,28 @@ def _table(quant: str, H: int, Ip: int) -> dict[int, tuple]:
 
 
 def pick(quant: str, M: int, E: int, topk: int, H: int, Ip: int) -> MoEConfig:
-    per_pair, block_m, prequant, g1, g2 = _table(quant, H, Ip)[_bucket(M)]
-    return MoEConfig(per_pair=per_pair and M <= 8, block_m=block_m, gemm1=g1, gemm2=g2,
-                     prequant=prequant and quant == "fp8_block")
+    per_pair, block_m, prequant, g1, g2, *fused = _table(quant, H, Ip)[_bucket(M)]
+    per_pair = per_pair and M <= 8
+    return MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2,
+                     prequant=prequant and quant == "fp8_block", fused=fused[0] if fused and per_pair else 0)
 
 
 def shipped_configs(quant: str) -> list[MoEConfig]:
     """The tuned configs of `quant`'s family that differ in what correctness can depend on (routing path,
     block_m, prequant, block_k, swap_ab and tma of each GEMM, gemm1 tiles of whole 256-column groups that
     quantize gemm2's input in their epilogue, gemm2 with several tiles per program, the Gluon kernels and
-    their persistent launch): one representative each, for tests that run them all."""
+    their persistent launch, the single-launch decode and its K splits): one representative each, for tests
+    that run them all."""
     fam = "mxfp4" if quant == "mxfp4" else "fp8_block"
     seen: dict[tuple, MoEConfig] = {}
     for (q, _, _), table in TUNED.items():
         if q != fam:
             continue
-        for per_pair, block_m, prequant, g1, g2 in table.values():
+        for per_pair, block_m, prequant, g1, g2, *fused in table.values():
+            f = fused[0] if fused else 0
             key = (per_pair, block_m, prequant, g1.block_k, g2.block_k, g1.swap_ab, g2.swap_ab, g1.tma, g2.tma,
-                   g1.block_n % 256 == 0, g2.n_tiles > 1, g1.ws, g2.ws, g1.persistent, g2.persistent)
-            seen.setdefault(key, MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2, prequant=prequant))
+                   g1.block_n % 256 == 0, g2.n_tiles > 1, g1.ws, g2.ws, g1.persistent, g2.persistent, f > 0,
+                   g1.split_k, g2.split_k)
+            seen.setdefault(key, MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2, prequant=prequant,
+                                           fused=f))
     return list(seen.values())

@@ -79,6 +79,21 @@ def _activate(acc, ACT_KIND: tl.constexpr, GATED: tl.constexpr, alpha, limit, HA
 
 
 @triton.jit
+def activate_tile(acc, pid_n, offs_n, mask_n, N, ACT_KIND: tl.constexpr, GATED: tl.constexpr, alpha, limit,
+                  HAS_LIMIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """gemm1's epilogue after the bias: acc [BM, BN] of output tile pid_n (columns offs_n, mask_n, of N) ->
+    (h float32 [BM, BN/2 or BN], its intermediate columns, their mask)."""
+    h = _activate(acc, ACT_KIND, GATED, alpha, limit, HAS_LIMIT, BM, BN)
+    if GATED:
+        offs_o = pid_n * (BN // 2) + tl.arange(0, BN // 2)
+        mask_o = offs_o < N // 2
+    else:
+        offs_o = offs_n
+        mask_o = mask_n
+    return h, offs_o, mask_o
+
+
+@triton.jit
 def _quantize_tile(h, mask_o, ROUND: tl.constexpr, SOFT_RNE: tl.constexpr, BM: tl.constexpr, BO: tl.constexpr):
     """h [BM, BO] float32 (BO a multiple of 128) -> (q [BM, BO] e4m3, s [BM, BO/128] float32, [BO/128] group
     offsets): h rounded to the activation dtype first, columns outside mask_o count as zeros, then each
@@ -90,6 +105,65 @@ def _quantize_tile(h, mask_o, ROUND: tl.constexpr, SOFT_RNE: tl.constexpr, BM: t
     h = tl.where(mask_o[None, :], h, 0.0)
     q, s = quant_rows(tl.reshape(h, [BM * (BO // 128), 128]), SOFT_RNE)
     return tl.reshape(q, [BM, BO]), tl.reshape(s, [BM, BO // 128]), tl.arange(0, BO // 128)
+
+
+@triton.jit
+def k_loop(A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+           SCAL, stride_ce, e, pid_n, a_rows, mask_m, N, K, k_lo, k_hi, n_scale_blocks,
+           FMT: tl.constexpr, GATED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+           CH: tl.constexpr, SOFT_RNE: tl.constexpr, BF16_ASM: tl.constexpr, PREQ: tl.constexpr,
+           SWAP: tl.constexpr, FOLD: tl.constexpr, TMA: tl.constexpr, TILED: tl.constexpr):
+    """The K loop of one output tile: K-steps k0 = k_lo, k_lo + BK, .. < k_hi of expert e's weight rows
+    pid_n * BN + [0, BN) (N of them in all) against activation rows a_rows [BM] (mask_m [BM]) -> acc
+    float32 [BN, BM] (SWAP) or [BM, BN], before any epilogue. k_lo and k_hi are multiples of BK, or k_hi = K
+    (a split of K, `triton_decode`; `_moe_gemm` runs 0..K). GATED: w13 rows are (gate, up) interleaved.
+    Arguments as `_moe_gemm`'s."""
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    mask_n = offs_n < N
+    a_base = A + a_rows.to(tl.int64)[:, None] * stride_am
+    a_mask = mask_m[:, None]
+    w_base = W + e * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
+    w_row0 = (e * N + pid_n * BN).to(tl.int32)
+    if SWAP:
+        acc = tl.zeros([BN, BM], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+    if FMT == 0:
+        s_base = WS + e * stride_se + offs_n[None, :] * stride_s2
+        if TILED:
+            w_base = W + e * stride_we + (pid_n * BN + 16 * tl.arange(0, BN // 16)).to(tl.int64)[:, None] * stride_wn
+        s_lo, s_hi = mxfp4_scales(s_base, stride_s1, mask_n, k_lo, K, BK, CH)
+        for k0 in range(k_lo, k_hi, BK):
+            s_lo_next, s_hi_next = mxfp4_scales(s_base, stride_s1, mask_n, k0 + BK, K, BK, CH)
+            acc = mxfp4_step(acc, a_base, a_mask, w_base, s_lo, s_hi, mask_n, k0, K, BN, BK, CH,
+                             BF16_ASM, SWAP, FOLD, TILED)
+            s_lo, s_hi = s_lo_next, s_hi_next
+    elif FMT == 1:
+        row_a, row_b, pick_b = tile_scale_rows(pid_n, n_scale_blocks, BN, GATED)
+        n_rows = 2 * n_scale_blocks if GATED else tl.cdiv(N, 128)
+        ws_e = WS + e * stride_se
+        as_rows = AS + a_rows.to(tl.int64) * stride_asm
+        # weight scales: swap-AB puts the weight rows on the accumulator's row axis, where a [BN] load lands
+        # as loaded; otherwise two scalars per K-step, loaded one step ahead (`weight_scale_pair`)
+        if SWAP:
+            ws_rows = ws_e + tl.where(pick_b, row_b, row_a) * stride_s1
+        else:
+            s_a, s_b = weight_scale_pair(ws_e, row_a, row_b, k_lo, K, n_rows, stride_s1, stride_s2)
+        for k0 in range(k_lo, k_hi, BK):
+            if SWAP:
+                ws = tl.load(ws_rows + (k0 // 128) * stride_s2, mask=mask_n, other=0.0)
+                cur_a, cur_b = 0.0, 0.0
+            else:
+                ws, cur_a, cur_b = 0.0, s_a, s_b
+                s_a, s_b = weight_scale_pair(ws_e, row_a, row_b, k0 + BK, K, n_rows, stride_s1, stride_s2)
+            acc = fp8_block_step(acc, a_base, a_mask, as_rows, w_base, ws, cur_a, cur_b, pick_b, mask_n, k0, K,
+                                 W_DESC, w_row0, BK, SOFT_RNE, PREQ, SWAP, TMA)
+    else:
+        inv_in = tl.load(SCAL + e * stride_ce + 3)
+        for k0 in range(k_lo, k_hi, BK):
+            acc = fp8_tensor_step(acc, a_base, a_mask, w_base, inv_in, offs_n, mask_n, k0, K, W_DESC, w_row0, BK,
+                                  SOFT_RNE, SWAP, TMA)
+    return acc
 
 
 @triton.jit
@@ -151,52 +225,11 @@ def _moe_gemm(
         a_rows = rows // TOPK
     else:
         a_rows = rows
+    acc = k_loop(A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+                 SCAL, stride_ce, e, pid_n, a_rows, mask_m, N, K, 0, K, n_scale_blocks,
+                 FMT, GATED, BM, BN, BK, CH, SOFT_RNE, BF16_ASM, PREQ, SWAP, FOLD, TMA, TILED)
     offs_n = pid_n * BN + tl.arange(0, BN)
     mask_n = offs_n < N
-    a_base = A + a_rows.to(tl.int64)[:, None] * stride_am
-    a_mask = mask_m[:, None]
-    w_base = W + e * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
-    w_row0 = (e * N + pid_n * BN).to(tl.int32)
-    if SWAP:
-        acc = tl.zeros([BN, BM], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BM, BN], dtype=tl.float32)
-    if FMT == 0:
-        s_base = WS + e * stride_se + offs_n[None, :] * stride_s2
-        if TILED:
-            w_base = W + e * stride_we + (pid_n * BN + 16 * tl.arange(0, BN // 16)).to(tl.int64)[:, None] * stride_wn
-        s_lo, s_hi = mxfp4_scales(s_base, stride_s1, mask_n, 0, K, BK, CH)
-        for k0 in range(0, K, BK):
-            s_lo_next, s_hi_next = mxfp4_scales(s_base, stride_s1, mask_n, k0 + BK, K, BK, CH)
-            acc = mxfp4_step(acc, a_base, a_mask, w_base, s_lo, s_hi, mask_n, k0, K, BN, BK, CH,
-                             BF16_ASM, SWAP, FOLD, TILED)
-            s_lo, s_hi = s_lo_next, s_hi_next
-    elif FMT == 1:
-        gated = STAGE == 1 and GATED
-        row_a, row_b, pick_b = tile_scale_rows(pid_n, n_scale_blocks, BN, gated)
-        n_rows = 2 * n_scale_blocks if gated else tl.cdiv(N, 128)
-        ws_e = WS + e * stride_se
-        as_rows = AS + a_rows.to(tl.int64) * stride_asm
-        # weight scales: swap-AB puts the weight rows on the accumulator's row axis, where a [BN] load lands
-        # as loaded; otherwise two scalars per K-step, loaded one step ahead (`weight_scale_pair`)
-        if SWAP:
-            ws_rows = ws_e + tl.where(pick_b, row_b, row_a) * stride_s1
-        else:
-            s_a, s_b = weight_scale_pair(ws_e, row_a, row_b, 0, K, n_rows, stride_s1, stride_s2)
-        for k0 in range(0, K, BK):
-            if SWAP:
-                ws = tl.load(ws_rows + (k0 // 128) * stride_s2, mask=mask_n, other=0.0)
-                cur_a, cur_b = 0.0, 0.0
-            else:
-                ws, cur_a, cur_b = 0.0, s_a, s_b
-                s_a, s_b = weight_scale_pair(ws_e, row_a, row_b, k0 + BK, K, n_rows, stride_s1, stride_s2)
-            acc = fp8_block_step(acc, a_base, a_mask, as_rows, w_base, ws, cur_a, cur_b, pick_b, mask_n, k0, K,
-                                 W_DESC, w_row0, BK, SOFT_RNE, PREQ, SWAP, TMA)
-    else:
-        inv_in = tl.load(SCAL + e * stride_ce + 3)
-        for k0 in range(0, K, BK):
-            acc = fp8_tensor_step(acc, a_base, a_mask, w_base, inv_in, offs_n, mask_n, k0, K, W_DESC, w_row0, BK,
-                                  SOFT_RNE, SWAP, TMA)
     if SWAP:
         acc = tl.trans(acc)
     if FMT == 2:
@@ -211,13 +244,8 @@ def _moe_gemm(
     if HAS_BIAS:
         acc += tl.load(BIAS + e * stride_be + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if STAGE == 1:
-        h = _activate(acc, ACT_KIND, GATED, alpha, limit, HAS_LIMIT, BM, BN)
-        if GATED:
-            offs_o = pid_n * (BN // 2) + tl.arange(0, BN // 2)
-            mask_o = offs_o < N // 2
-        else:
-            offs_o = offs_n
-            mask_o = mask_n
+        h, offs_o, mask_o = activate_tile(acc, pid_n, offs_n, mask_n, N, ACT_KIND, GATED, alpha, limit, HAS_LIMIT,
+                                          BM, BN)
         o_ptrs = OUT + rows.to(tl.int64)[:, None] * stride_om + offs_o[None, :]
         if QOUT:
             q, s, g = _quantize_tile(h, mask_o, ROUND, SOFT_RNE, BM, offs_o.shape[0])
@@ -306,8 +334,9 @@ def _moe_down_resident(
 
 
 @triton.jit
-def _combine(Y, IDS, OUT, H, TOPK: tl.constexpr, BH: tl.constexpr, PDL: tl.constexpr):
-    """out[t, :] = sum_j y[t*TOPK + j, :] over slots j with ids[t, j] >= 0."""
+def _combine(Y, IDS, OUT, H, P, TOPK: tl.constexpr, BH: tl.constexpr, PDL: tl.constexpr, S: tl.constexpr = 1):
+    """out[t, :] = sum_j sum_s y[s, t*TOPK + j, :] over slots j with ids[t, j] >= 0 and the S splits of K
+    (y [S, P, H]; S = 1 but for `triton_decode`)."""
     wait_for_previous_grid(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BH + tl.arange(0, BH)
@@ -315,7 +344,8 @@ def _combine(Y, IDS, OUT, H, TOPK: tl.constexpr, BH: tl.constexpr, PDL: tl.const
     acc = tl.zeros([BH], dtype=tl.float32)
     for j in tl.static_range(TOPK):
         ok = tl.load(IDS + t * TOPK + j + offs * 0, mask=m, other=-1) >= 0
-        acc += tl.load(Y + (t * TOPK + j) * H + offs, mask=ok, other=0.0).to(tl.float32)
+        for s in tl.static_range(S):
+            acc += tl.load(Y + (s * P + t * TOPK + j) * H + offs, mask=ok, other=0.0).to(tl.float32)
     tl.store(OUT + t * H + offs, acc.to(OUT.dtype.element_ty), mask=m)
 
 
@@ -533,7 +563,8 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     P = T * topk
     E, Ip = meta.E_l, meta.Ip
     cfg = config or configs.pick(meta.quant, T, E, topk, H, Ip)
-    pdl = pdl_enabled(x.device, T, meta.quant)
+    from .triton_decode import decode_applies, moe_decode   # (it imports this module)
+    pdl = pdl_enabled(x.device, T, meta.quant) and not decode_applies(meta, cfg)
     ids = topk_ids.reshape(-1).to(torch.int32).contiguous()
     tw = topk_weights.reshape(-1).to(torch.float32).contiguous()
     x = x.contiguous()
@@ -545,13 +576,18 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     sc1 = sc2 = None
     if meta.quant == "fp8_tensor":
         sc1, sc2 = _scalars(stored, E, x.device)
+    out = torch.empty_like(x)
+    BH = 1024
+    if decode_applies(meta, cfg):
+        y_parts = moe_decode(x, ids, tw, stored, meta, cfg, topk)
+        _combine[(T, triton.cdiv(H, BH))](y_parts, ids, out, H, P, TOPK=topk, BH=BH, PDL=False,
+                                          S=y_parts.shape[0])
+        return out
     w2_bias = stored.get("w2_bias") if meta.add_w2_bias else None
     a1, a1s = quantize_groups(x, _INTERPRETED, pdl) if prequantizes(meta, cfg) else (x, None)
     a2, a2s = stage1(x, a1, a1s, stored, sc1, tw, route, meta, cfg, topk, pdl)
     y = torch.empty(P, H, dtype=x.dtype, device=x.device)
     _launch_gemm(2, a2, stored["w2_weight"], stored.get("w2_weight_scale"), w2_bias, sc2,
                  y, tw, route, P, H, Ip, meta, cfg, cfg.gemm2, topk, pdl, a2s)
-    out = torch.empty_like(x)
-    BH = 1024
-    _combine[(T, triton.cdiv(H, BH))](y, ids, out, H, TOPK=topk, BH=BH, PDL=pdl, launch_pdl=pdl)
+    _combine[(T, triton.cdiv(H, BH))](y, ids, out, H, P, TOPK=topk, BH=BH, PDL=pdl, launch_pdl=pdl)
     return out
