@@ -5,6 +5,8 @@ Launches (all static shapes, CUDA-graph safe):
   1. gemm1: inter[p] = act(x[p // k] @ w13[e].T + b13[e])      (MXFP4 / FP8 weights, act + bias fused)
   2. gemm2: y[p]     = w[p] * (inter[p] @ w2[e].T + b2[e])     (routed weight + bias fused)
   3. combine: out[t] = sum_j y[t*k + j] over slots whose expert is on this rank, in x.dtype
+Where the config sets `fused` on the per-pair path, 1 and 2 are one persistent launch instead
+(`triton_decode.moe_decode`, y kept float32 per K split until the combine).
 One kernel body `_moe_gemm` serves both GEMMs and every format; its constexprs pick the weight tile
 loader (triton_mxfp4.py, triton_fp8.py; FP8 weight tiles by pointer loads or through a TMA descriptor) and
 the epilogue. Where K is one or two 128-groups (fp8_block gemm2 at TP8-like shards), gemm2 can instead run
