@@ -331,18 +331,23 @@ def _each_input(cases, Ms):
 
 
 def _compile_worker(args):
-    """Worker process: launch (once, small E) every kernel of its share of the sweep -> Triton disk cache."""
+    """Worker process: launch (once, small E) every kernel of its share of the sweep -> Triton disk cache.
+    A job is (case, M, route option, GemmConfig, stage), one GEMM, or (case, M, MoEConfig), the layer."""
     jobs, = args
     import torch as _t
     _t.cuda.init()
     done = 0
-    for case, M, opt, g, stage in jobs:
+    for case, M, *job in jobs:
         quant, E, k, H, I = SHAPES[case]
         try:
             st, meta = random_stored(quant, 2 * k, H, I)
             x, tw, ids = _inputs(M, 2 * k, k, H)
-            f1, f2, _, _ = _stage_launcher(st, meta, x, tw, ids, opt, g, g)
-            (f1 if stage == 1 else f2)()
+            if len(job) == 1:
+                fused_moe(x, tw, ids, st, meta, config=job[0])
+            else:
+                opt, g, stage = job
+                f1, f2, _, _ = _stage_launcher(st, meta, x, tw, ids, opt, g, g)
+                (f1 if stage == 1 else f2)()
             _t.cuda.synchronize()
             done += 1
         except Exception:  # out of shared memory etc.: the main process records it
@@ -351,15 +356,15 @@ def _compile_worker(args):
 
 
 def precompile(jobs, workers):
-    """Compile the kernels of `jobs` [(case, M, route option, GemmConfig, stage)] in `workers` processes."""
+    """Compile the kernels of `jobs` (`_compile_worker`'s) in `workers` processes."""
     import multiprocessing as mp
     t0 = time.time()
     if workers > 1:
         # the same kernel (same constexprs and int specializations) always goes to the same worker
         def kernel_key(j):
-            case, M, opt, g, stage = j
+            case, M, *job = j
             P = M * SHAPES[case][2]
-            return hash((SHAPES[case][0], stage, opt, g, P == 1, P % 16 == 0)) % workers
+            return hash((SHAPES[case][0], *job, P == 1, P % 16 == 0)) % workers
         shares = [[j for j in jobs if kernel_key(j) == i] for i in range(workers)]
         try:
             ctx = mp.get_context("spawn")
@@ -446,31 +451,10 @@ def decode_candidates(case: str, M: int) -> list[MoEConfig]:
     return out
 
 
-def _decode_compile_worker(args):
-    """Worker process: one layer of each (case, M, config) at small E -> Triton disk cache."""
-    jobs, = args
-    import torch as _t
-    _t.cuda.init()
-    for case, M, cfg in jobs:
-        quant, E, k, H, I = SHAPES[case]
-        try:
-            st, meta = random_stored(quant, 2 * k, H, I)
-            x, tw, ids = _inputs(M, 2 * k, k, H)
-            fused_moe(x, tw, ids, st, meta, config=cfg)
-            _t.cuda.synchronize()
-        except Exception:
-            pass
-    return 0
-
-
 def decode_sweep(cases, Ms, out_path, workers):
     """Whole-layer time of the table's config and of each single-launch decode candidate, per case and M."""
-    import multiprocessing as mp
-    jobs = [(c, M, cfg) for c in cases for M in Ms for cfg in decode_candidates(c, M) if cfg.fused == 2]
-    if workers > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            pool.map(_decode_compile_worker, [([j for i, j in enumerate(jobs) if i % workers == w],)
-                                              for w in range(workers)])
+    precompile([(c, M, cfg) for c in cases for M in Ms for cfg in decode_candidates(c, M) if cfg.fused == 2],
+               workers)
     res = {"rows": [], "best": {}}
     for case, M, st, meta, x, tw, ids in _each_input(cases, Ms):
         ref = fused_moe(x, tw, ids, st, meta).float()

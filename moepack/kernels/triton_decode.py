@@ -31,7 +31,8 @@ import triton
 import triton.language as tl
 
 from ..layouts.triton import mxfp4_k_chunk
-from .triton_moe import _INTERPRETED, ACT, FMT, _strides3, activate_tile, fp4_tiled, k_loop, weight_descriptor
+from .triton_moe import (_INTERPRETED, ACT, FMT, _act_scalars, _weight_args, activate_tile, fp4_tiled, k_loop,
+                         pair_rows, weight_descriptor)
 
 SYNC_FIXED = 2          # ticket, exit counter; then one done-counter per pair, then one split counter per tile
 _SYNC: dict[tuple, torch.Tensor] = {}
@@ -58,6 +59,13 @@ def _unit(u, N, BN: tl.constexpr, S: tl.constexpr, TOPK_IDS):
 
 
 @triton.jit
+def _k_split(s, K, BK: tl.constexpr, S: tl.constexpr):
+    """Split s of S of K in whole K-steps of BK -> (k_lo, k_hi); the last splits may be short or empty."""
+    per = tl.cdiv(tl.cdiv(K, BK), S) * BK
+    return s * per, tl.minimum(s * per + per, K)
+
+
+@triton.jit
 def _gemm1_unit(u, X, stride_xm, INTER, stride_im, PART, SYNC, TOPK_IDS,
                 W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2, BIAS, stride_be,
                 P, H, N, n_sb, alpha, limit,
@@ -69,12 +77,10 @@ def _gemm1_unit(u, X, stride_xm, INTER, stride_im, PART, SYNC, TOPK_IDS,
     pair, j, s, e = _unit(u, N, BN, S, TOPK_IDS)
     if e >= 0:
         n_t = tl.cdiv(N, BN)
-        rows = pair + tl.zeros([BM], dtype=tl.int32)
-        mask_m = tl.arange(0, BM) == 0
-        per = tl.cdiv(tl.cdiv(H, BK), S) * BK
-        k_hi = tl.minimum(s * per + per, H)
+        rows, mask_m = pair_rows(pair, BM)
+        k_lo, k_hi = _k_split(s, H, BK, S)
         acc = k_loop(X, stride_xm, X, 0, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
-                     X, 0, e.to(tl.int64), j, rows // TOPK, mask_m, N, H, s * per, k_hi, n_sb,
+                     X, 0, e.to(tl.int64), j, rows // TOPK, mask_m, N, H, k_lo, k_hi, n_sb,
                      FMT, GATED, BM, BN, BK, CH, SOFT_RNE, BF16_ASM, False, SWAP, FOLD, TMA, TILED)
         if SWAP:
             acc = tl.trans(acc)
@@ -117,12 +123,10 @@ def _gemm2_unit(u, INTER, stride_im, YP, SYNC, TOPK_IDS, TOPK_W,
             done = tl.load(SYNC + 2 + pair, volatile=True)
         tl.atomic_add(SYNC + 2 + pair, 0)           # acquire: the pair's intermediate is visible from here
         tl.debug_barrier()
-        rows = pair + tl.zeros([BM], dtype=tl.int32)
-        mask_m = tl.arange(0, BM) == 0
-        per = tl.cdiv(tl.cdiv(K, BK), S) * BK
+        rows, mask_m = pair_rows(pair, BM)
+        k_lo, k_hi = _k_split(s, K, BK, S)
         acc = k_loop(INTER, stride_im, INTER, 0, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1,
-                     stride_s2, INTER, 0, e.to(tl.int64), j, rows, mask_m, N, K, s * per,
-                     tl.minimum(s * per + per, K), n_sb,
+                     stride_s2, INTER, 0, e.to(tl.int64), j, rows, mask_m, N, K, k_lo, k_hi, n_sb,
                      FMT, False, BM, BN, BK, CH, SOFT_RNE, BF16_ASM, False, SWAP, FOLD, TMA, TILED)
         if SWAP:
             acc = tl.trans(acc)
@@ -176,25 +180,19 @@ def _moe_decode(
             tl.store(SYNC + offs, 0, mask=offs < 2 + P)
 
 
-def decode_applies(meta, cfg) -> bool:
-    """Whether the layer runs `moe_decode` (one launch for both GEMMs): the config asks for it
-    (`cfg.fused` programs per multiprocessor) on the per-pair path, for mxfp4 or fp8_block without
-    prequant."""
-    return cfg.fused > 0 and cfg.per_pair and meta.quant in ("mxfp4", "fp8_block") and not cfg.prequant
-
-
 def moe_decode(x, ids, tw, stored, meta, cfg, topk):
     """Both GEMMs of the per-pair path in one launch: x [T, H], ids [P] int32, tw [P] float32 (flattened
     pairs) -> y_parts float32 [S2, P, H], to be summed over splits and slots by `_combine`."""
-    T, H = x.shape
+    H = x.shape[1]
     P, Ip = ids.numel(), meta.Ip
     N1 = 2 * Ip if meta.gated else Ip
     g1, g2 = cfg.gemm1, cfg.gemm2
     fmt = FMT[meta.quant]
     bk1, bk2 = (128, 128) if fmt == 1 else (g1.block_k, g2.block_k)
     inter = torch.empty(P, Ip, dtype=x.dtype, device=x.device)
-    part = torch.empty(g1.split_k if g1.split_k > 1 else 1, P, N1, dtype=torch.float32, device=x.device)
     y_parts = torch.empty(g2.split_k, P, H, dtype=torch.float32, device=x.device)
+    # gemm1's split partials (unread with K unsplit: y_parts stands in)
+    part = torch.empty(g1.split_k, P, N1, dtype=torch.float32, device=x.device) if g1.split_k > 1 else y_parts
     units = P * (triton.cdiv(N1, g1.block_n) * g1.split_k + triton.cdiv(H, g2.block_n) * g2.split_k)
     sync = _sync_buffer(x.device, SYNC_FIXED + P + P * triton.cdiv(N1, g1.block_n))
     if x.device.type == "cuda":
@@ -209,12 +207,8 @@ def moe_decode(x, ids, tw, stored, meta, cfg, topk):
     act = meta.activation
     _moe_decode[(n_prog,)](
         x, x.stride(0), inter, inter.stride(0), part, y_parts, sync, ids, tw,
-        W1, D1 if D1 is not None else W1, W1.stride(0), W1.stride(1), WS1, *_strides3(WS1),
-        b1 if b1 is not None else x, b1.stride(0) if b1 is not None else 0,
-        W2, D2 if D2 is not None else W2, W2.stride(0), W2.stride(1), WS2, *_strides3(WS2),
-        b2 if b2 is not None else x, b2.stride(0) if b2 is not None else 0,
-        P, H, Ip, N1, -(-Ip // 128), float(act.alpha if act.alpha is not None else 1.0),
-        float(act.limit if act.limit is not None else 0.0), n_prog,
+        *_weight_args(W1, D1, WS1, b1, x), *_weight_args(W2, D2, WS2, b2, x),
+        P, H, Ip, N1, -(-Ip // 128), *_act_scalars(act), n_prog,
         TOPK=topk, FMT=fmt, ACT_KIND=ACT[act.kind], GATED=meta.gated, HAS_B1=b1 is not None,
         HAS_B2=b2 is not None, HAS_LIMIT=act.limit is not None,
         CH1=mxfp4_k_chunk(H) if fmt == 0 else 0, CH2=mxfp4_k_chunk(Ip) if fmt == 0 else 0,

@@ -110,6 +110,13 @@ def _quantize_tile(h, mask_o, ROUND: tl.constexpr, SOFT_RNE: tl.constexpr, BM: t
 
 
 @triton.jit
+def pair_rows(pair, BM: tl.constexpr):
+    """The per-pair path's block: BM rows that all name `pair`, of which the first is used -> (rows [BM],
+    mask [BM])."""
+    return pair + tl.zeros([BM], dtype=tl.int32), tl.arange(0, BM) == 0
+
+
+@triton.jit
 def k_loop(A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
            SCAL, stride_ce, e, pid_n, a_rows, mask_m, N, K, k_lo, k_hi, n_scale_blocks,
            FMT: tl.constexpr, GATED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
@@ -204,8 +211,7 @@ def _moe_gemm(
         e = tl.load(TOPK_IDS + pid_m)
         if e < 0:
             return
-        rows = pid_m + tl.zeros([BM], dtype=tl.int32)
-        mask_m = tl.arange(0, BM) == 0
+        rows, mask_m = pair_rows(pid_m, BM)
     else:
         num_m = tl.load(NUM_BLOCKS)
         # grouped order: GROUP_M consecutive blocks share the weight tiles they read
@@ -370,6 +376,18 @@ def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _weight_args(W, desc, WS, bias, dummy) -> tuple:
+    """A GEMM kernel's weight arguments (W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+    BIAS, stride_be), `dummy` standing in for an absent tensor and W for an absent descriptor."""
+    return (W, desc if desc is not None else W, W.stride(0), W.stride(1), WS if WS is not None else dummy,
+            *_strides3(WS), bias if bias is not None else dummy, bias.stride(0) if bias is not None else 0)
+
+
+def _act_scalars(act) -> tuple[float, float]:
+    """(alpha, limit) of an Activation as the kernels take them (1.0 / 0.0 where unset)."""
+    return float(act.alpha if act.alpha is not None else 1.0), float(act.limit if act.limit is not None else 0.0)
+
+
 def pdl_enabled(device: torch.device, M: int = 1, quant: str = "fp8_block") -> bool:
     """Whether a layer of M tokens in format `quant` launches its kernels with programmatic dependent
     launch on `device`."""
@@ -425,7 +443,6 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
                      meta.small_scales, stages=gcfg.num_stages, group_m=cfg.group_m, persistent=gcfg.persistent)
         return
     fmt = FMT[meta.quant]
-    se, s1, s2 = _strides3(WS) if fmt != 2 else (0, 0, 0)
     ch = mxfp4_k_chunk(K) if fmt == 0 else 0
     bk = 128 if fmt == 1 else gcfg.block_k
     dummy = out
@@ -433,9 +450,7 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
     if stage == 2 and resident_down(meta, cfg, gcfg, K):
         grid = (grid_m * triton.cdiv(triton.cdiv(N, gcfg.block_n), gcfg.n_tiles),)
         _moe_down_resident[grid](
-            A, A.stride(0), A_scale, A_scale.stride(0), W, desc if desc is not None else W, W.stride(0), W.stride(1),
-            WS, se, s1, s2, bias if bias is not None else dummy, bias.stride(0) if bias is not None else 0,
-            out, out.stride(0), topk_w, sorted_ids, expert_ids, num_blocks, P, N, K,
+            A, A.stride(0), A_scale, A_scale.stride(0), *_weight_args(W, desc, WS, bias, dummy), out, out.stride(0), topk_w, sorted_ids, expert_ids, num_blocks, P, N, K,
             BM=cfg.block_m, BN=gcfg.block_n, NT=gcfg.n_tiles, KSTEPS=triton.cdiv(K, 128), SWAP=gcfg.swap_ab,
             TMA=desc is not None, HAS_BIAS=bias is not None, PDL=pdl,
             num_warps=gcfg.num_warps, num_stages=gcfg.num_stages, launch_pdl=pdl,
@@ -443,15 +458,13 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         return
     grid = (grid_m * triton.cdiv(N, gcfg.block_n),)
     _moe_gemm[grid](
-        A, A.stride(0), A_scale if A_scale is not None else dummy, A_scale.stride(0) if A_scale is not None else 0, W,
-        desc if desc is not None else W, W.stride(0), W.stride(1), WS if fmt != 2 else dummy, se, s1, s2,
-        bias if bias is not None else dummy, bias.stride(0) if bias is not None else 0,
+        A, A.stride(0), A_scale if A_scale is not None else dummy, A_scale.stride(0) if A_scale is not None else 0,
+        *_weight_args(W, desc, WS if fmt != 2 else None, bias, dummy),
         scal if scal is not None else dummy, scal.stride(0) if scal is not None else 0,
         out, out.stride(0), out_scale if out_scale is not None else dummy,
         out_scale.stride(0) if out_scale is not None else 0, topk_w,
         sorted_ids, expert_ids, num_blocks, topk_ids,
-        P, N, K, -(-meta.Ip // 128), float(act.alpha if act.alpha is not None else 1.0),
-        float(act.limit if act.limit is not None else 0.0),
+        P, N, K, -(-meta.Ip // 128), *_act_scalars(act),
         TOPK=topk, FMT=fmt, STAGE=stage, ACT_KIND=ACT[act.kind], GATED=meta.gated and stage == 1,
         HAS_BIAS=bias is not None, HAS_LIMIT=act.limit is not None and stage == 1, PER_PAIR=cfg.per_pair, CH=ch,
         BM=cfg.block_m, BN=gcfg.block_n, BK=bk, GROUP_M=cfg.group_m, SOFT_RNE=_INTERPRETED,
@@ -460,6 +473,12 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         ROUND=round_code, TILED=fp4_tiled(meta, stage, N, K),
         num_warps=gcfg.num_warps, num_stages=gcfg.num_stages, launch_pdl=pdl,
     )
+
+
+def decode_applies(meta: MoEMeta, cfg: configs.MoEConfig) -> bool:
+    """Whether the layer runs `triton_decode.moe_decode` (one launch for both GEMMs): the config asks for it
+    (`cfg.fused` programs per multiprocessor) on the per-pair path, for mxfp4 or fp8_block without prequant."""
+    return cfg.fused > 0 and cfg.per_pair and meta.quant in ("mxfp4", "fp8_block") and not cfg.prequant
 
 
 def resident_down(meta: MoEMeta, cfg: configs.MoEConfig, gcfg: configs.GemmConfig, K: int) -> bool:
@@ -565,8 +584,7 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     P = T * topk
     E, Ip = meta.E_l, meta.Ip
     cfg = config or configs.pick(meta.quant, T, E, topk, H, Ip)
-    from .triton_decode import decode_applies, moe_decode   # (it imports this module)
-    pdl = pdl_enabled(x.device, T, meta.quant) and not decode_applies(meta, cfg)
+    pdl = pdl_enabled(x.device, T, meta.quant)
     ids = topk_ids.reshape(-1).to(torch.int32).contiguous()
     tw = topk_weights.reshape(-1).to(torch.float32).contiguous()
     x = x.contiguous()
@@ -581,6 +599,7 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     out = torch.empty_like(x)
     BH = 1024
     if decode_applies(meta, cfg):
+        from .triton_decode import moe_decode   # (it imports this module)
         y_parts = moe_decode(x, ids, tw, stored, meta, cfg, topk)
         _combine[(T, triton.cdiv(H, BH))](y_parts, ids, out, H, P, TOPK=topk, BH=BH, PDL=False,
                                           S=y_parts.shape[0])

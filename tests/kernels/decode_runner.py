@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from moe_cases import expected64, make_case, rel_err  # noqa: E402
 from moepack.kernels import triton_decode  # noqa: E402
 from moepack.kernels.configs import GemmConfig, MoEConfig  # noqa: E402
-from moepack.kernels.triton_moe import MoEMeta, fused_moe  # noqa: E402
+from moepack.kernels.triton_moe import MoEMeta, decode_applies, fused_moe  # noqa: E402
 
 # (activation dtype, swap-AB, gemm1 splits, gemm2 splits) per case
 RUNS = {"mxfp4_swiglu_bias": ((torch.float32, True, 1, 1), (torch.float16, True, 3, 2)),
@@ -36,7 +36,7 @@ def main():
             cfg = MoEConfig(per_pair=True, block_m=16, gemm1=g1, gemm2=g2, fused=2)
             out = fused_moe(x, tw, ids, stored, meta, config=cfg)
             key = f"{name}/{str(x_dtype)[6:]}{'/swap' if swap else ''}/s{s1}{s2}"
-            r = {"taken": triton_decode.decode_applies(MoEMeta(**meta), cfg),
+            r = {"taken": decode_applies(MoEMeta(**meta), cfg),
                  "plain": rel_err(out, expected64(x, tw, ids, local)),
                  "sync_zero": all(int(b.abs().sum()) == 0 for b in triton_decode._SYNC.values())}
             if s1 == s2 == 1 and x_dtype == torch.float32:

@@ -193,6 +193,11 @@ def make_case(name: str, seed: int = 0, x_dtype=torch.float32, Ip: int | None = 
     return x, tw, ids, local, stored, meta
 
 
+def to_device(stored: dict, dev) -> dict:
+    """The stored tensors of a case on device `dev`."""
+    return {k: v.to(dev) for k, v in stored.items()}
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     out = out.to(torch.float64).cpu()
     if not torch.isfinite(out).all():

@@ -7,15 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from moe_cases import expected64, make_case, rel_err
+from moe_cases import expected64, make_case, rel_err, to_device as _to
 from moepack.kernels.reference import TOLERANCE
 
 pytestmark = pytest.mark.gpu
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-def _to(stored, dev):
-    return {k: v.to(dev) for k, v in stored.items()}
 
 
 def _cfg(swap, s1, s2, fused=2, tma=False):
@@ -38,10 +34,10 @@ def _sync_clean():
 @pytest.mark.parametrize("swap,s1,s2", [(True, 1, 1), (True, 4, 2), (False, 3, 1)])
 def test_decode_gpu_against_float64(name, h, ip, t, swap, s1, s2):
     """bf16 activations; K split so that some splits are short (H / 128 steps over s1 splits)."""
-    from moepack.kernels import triton_decode, triton_moe
+    from moepack.kernels import triton_moe
     x, tw, ids, local, stored, meta = make_case(name, seed=41, x_dtype=torch.bfloat16, H=h, Ip=ip, T=t)
     cfg = _cfg(swap, s1, s2)
-    assert triton_decode.decode_applies(triton_moe.MoEMeta(**meta), cfg)
+    assert triton_moe.decode_applies(triton_moe.MoEMeta(**meta), cfg)
     out = triton_moe.fused_moe(x.cuda(), tw.cuda(), ids.cuda(), _to(stored, "cuda"), meta, config=cfg)
     assert rel_err(out, expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
     assert _sync_clean()

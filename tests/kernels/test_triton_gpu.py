@@ -5,15 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from moe_cases import CASES, expected64, make_case, rel_err
+from moe_cases import CASES, expected64, make_case, rel_err, to_device as _to
 from moepack.kernels.reference import TOLERANCE
 
 pytestmark = pytest.mark.gpu
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-def _to(stored, dev):
-    return {k: v.to(dev) for k, v in stored.items()}
 
 
 @cuda
