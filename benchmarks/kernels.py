@@ -218,6 +218,8 @@ def sweep_candidates(quant: str, M: int, Ip: int = 0) -> list[tuple[tuple, list]
         opts = [((False, bm, False), gs), ((False, 2 * bm, False), sw((128, 64, 8, 3), (256, 64, 8, 3)))]
         if M > 1024:
             opts.append(((False, 64, False), sw((128, 128, 4, 3), (128, 128, 4, 4), (128, 64, 8, 4), (256, 64, 8, 4))))
+        if M >= 1024:   # each swap-AB tile again with tail tiles of block_m / 2 and / 4 (tail_div)
+            opts = [(opt, gs + [dataclasses.replace(g, tail_div=4) for g in gs if g.swap_ab]) for opt, gs in opts]
         if M >= 1024:   # both GEMMs by the Hopper warp-specialised Gluon kernel (block_m 128, 128 x 64 swap-AB)
             opts = [(opt, gs + ([G(128, 64, 8, st, swap_ab=True, ws=True, persistent=p) for st in (3, 4, 6)
                                  for p in (False, True)] if opt == (False, 128, False) else []))
@@ -480,6 +482,49 @@ def decode_sweep(cases, Ms, out_path, workers):
         json.dump(res, open(out_path, "w"), indent=1)
 
 
+def tail_variants(cfg: MoEConfig) -> dict[str, MoEConfig]:
+    """The config and its twins with `tail_div` 2 or 4 on either GEMM or both."""
+    rep = dataclasses.replace
+    one = lambda d1, d2: rep(cfg, gemm1=rep(cfg.gemm1, tail_div=d1), gemm2=rep(cfg.gemm2, tail_div=d2))  # noqa: E731
+    return {"table": cfg, "both2": one(2, 2), "both4": one(4, 4), "g1_4": one(4, 1), "g1_2": one(2, 1),
+            "g2_2": one(1, 2), "g2_4": one(1, 4), "g1_4_g2_2": one(4, 2)}
+
+
+def tail_ab(cases, Ms, out_path, workers, rounds=3, reps=50, repeats=8):
+    """Whole layer: the table's config against its `tail_div` twins (`tail_variants`), `rounds` rounds
+    alternated, each `reps` graph replays (long enough to reach the sustained clock under the power cap);
+    the median per variant, and whether each twin gives the table's bits in every one of `repeats` launches."""
+    from moepack.kernels.configs import pick
+    cfgs = {(c, M): pick(SHAPES[c][0], M, *SHAPES[c][1:]) for c in cases for M in Ms}
+    cfgs = {key: dataclasses.replace(c, gemm1=dataclasses.replace(c.gemm1, tail_div=1),
+                                     gemm2=dataclasses.replace(c.gemm2, tail_div=1))
+            for key, c in cfgs.items() if not c.per_pair and c.block_m >= 32}
+    precompile([(c, M, v) for (c, M), cfg in cfgs.items() for v in tail_variants(cfg).values()], workers)
+    res = {"rows": []}
+    for case, M, st, meta, x, tw, ids in _each_input(cases, Ms):
+        if (case, M) not in cfgs:
+            continue
+        vs = tail_variants(cfgs[(case, M)])
+        outs = {name: fused_moe(x, tw, ids, st, meta, config=cfg) for name, cfg in vs.items()}
+        # the same bits as the table's config, in each of `repeats` launches (a race shows as a launch that differs)
+        same = {name: all(torch.equal(fused_moe(x, tw, ids, st, meta, config=cfg), outs["table"])
+                          for _ in range(repeats)) and torch.equal(outs[name], outs["table"])
+                for name, cfg in vs.items()}
+        ref = outs["table"].float()
+        diff = {name: dict(rel=float((o.float() - ref).norm() / ref.norm()), n=int((o != outs["table"]).sum()),
+                           rows=int((o != outs["table"]).any(1).sum())) for name, o in outs.items()}
+        ts = {name: [] for name in vs}
+        for _ in range(rounds):
+            for name, cfg in vs.items():
+                ts[name].append(graph_time(lambda: fused_moe(x, tw, ids, st, meta, config=cfg), reps) * 1e6)
+        row = dict(case=case, M=M, cfg=dataclasses.asdict(cfgs[(case, M)]), same_bits=same, diff=diff,
+                   us={name: sorted(t)[len(t) // 2] for name, t in ts.items()}, rounds=ts)
+        res["rows"].append(row)
+        print(f"{case} M={M}: " + ", ".join(f"{n} {u:.1f} us" for n, u in row["us"].items())
+              + f"; same bits in every launch: {same}", flush=True)
+        json.dump(res, open(out_path, "w"), indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="gptoss,ds_tp8,ds_tp1")
@@ -488,6 +533,8 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="time many tile configs per case and M instead")
     ap.add_argument("--decode", action="store_true",
                     help="time the single-launch decode candidates (triton_decode) against the table instead")
+    ap.add_argument("--tails", action="store_true",
+                    help="time the table's config against its tail_div twins (whole layer, alternated) instead")
     ap.add_argument("--workers", type=int, default=14, help="parallel compile processes (1: compile on first use)")
     ap.add_argument("--pdl", choices=("auto", "on", "off"), default="auto",
                     help="programmatic dependent launch: the package's policy (auto), or forced on/off")
@@ -499,6 +546,8 @@ def main():
         return sweep(a.cases.split(","), Ms, a.out, a.workers)
     if a.decode:
         return decode_sweep(a.cases.split(","), Ms, a.out, a.workers)
+    if a.tails:
+        return tail_ab(a.cases.split(","), Ms, a.out, a.workers)
     from moepack.kernels.configs import pick
     jobs = []
     for case in a.cases.split(","):

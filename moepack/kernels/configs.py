@@ -17,7 +17,8 @@ benchmarks/kernels-sweep-h100-2026-11-24-s9-tp1-ws.json; version 16: TP1 gemm1 a
 twin, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp1-ws-up.json, and both persistent (one program per
 multiprocessor) where that won, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp1-persistent.json; TP8 gemm1
 at M >= 1024 by the same kernel, benchmarks/kernels-sweep-h100-2026-11-24-s10-tp8-ws-up.json; version 18: TP8
-M = 1 by the single-launch decode, benchmarks/decode-sweep-h100-2026-11-24-s12-tp8.json).
+M = 1 by the single-launch decode, benchmarks/decode-sweep-h100-2026-11-24-s12-tp8.json; version 19: gpt-oss M >= 1024
+with tail tiles, benchmarks/tails-ab-h100-2026-11-24-s13.json).
 Any other shape uses the table of the nearest benchmark shape of its format (MXFP4 -> gpt-oss-120b; FP8 -> DeepSeek-V3 TP8 for Ip <= 512,
 else TP1) at its own M bucket; M between buckets uses the next larger bucket.
 
@@ -51,6 +52,11 @@ else TP1) at its own M bucket; M between buckets uses the next larger bucket.
   K split into that many float32 partials. Shipped for DeepSeek-V3 TP8 at M = 1 (gemm1 in 4 splits: 256
   work units instead of 64 programs; 46 -> 33 us, benchmarks/decode-sweep-h100-2026-11-24-s12-tp8.json);
   it lost for gpt-oss and tied for TP1 (benchmarks/decode-sweep-h100-2026-11-24-s12.json).
+- tail_div (per GEMM, sorted path, `_moe_gemm` only): each expert's run of pairs is padded to whole
+  blocks, so its last block is on average half padding (at gpt-oss M = 4096, block_m 128, a third of all
+  rows); a block whose pairs fit in block_m / d rows, d = 2, 4, .. <= tail_div, runs a [block_m / d,
+  block_n] tile instead: a d-th of the MMA work, the same bits (`triton_moe.tail_tiles` says where the
+  small tile keeps the MMA instruction; elsewhere whole tiles).
 - n_tiles (gemm2, fp8_block with prequant on the sorted path, K = the rank's intermediate size <= 256): output
   tiles per program. Each program holds its block's quantized rows and walks n_tiles tiles of y, the weight
   tiles of the next streaming in during this one's MMA and epilogue (`triton_moe._moe_down_resident`);
@@ -73,6 +79,7 @@ class GemmConfig:
     ws: bool = False           # Hopper warp-specialised Gluon kernel where it runs (fp8_block + prequant; MXFP4)
     persistent: bool = False   # ws: one program per multiprocessor walking the tiles
     split_k: int = 1           # per-pair path with MoEConfig.fused: K split into this many float32 partials
+    tail_div: int = 1          # sorted path: a last block with <= block_m / d pairs (d <= tail_div) runs a 1/d tile
 
 
 @dataclass(frozen=True)
@@ -104,9 +111,10 @@ TUNED: dict[tuple[str, int, int], dict[int, tuple]] = {
         8: (False, 16, False, G(64, 256, 4, 3, True), G(64, 128, 4, 3, True)),
         64: (False, 16, False, G(64, 256, 4, 3, True), G(64, 256, 4, 3, True)),
         256: (False, 16, False, G(64, 256, 4, 3, True), G(64, 256, 4, 3, True)),
-        1024: (False, 64, False, G(128, 128, 4, 3, True), G(128, 128, 4, 3, True)),
-        4096: (False, 128, False, G(128, 64, 8, 4, True), G(128, 128, 4, 3, True)),
-        16384: (False, 128, False, G(128, 64, 8, 4, True), G(128, 128, 4, 3, True)),
+        # M >= 1024: each expert's last block as a tile of half or a quarter of the rows where its pairs fit (v19)
+        1024: (False, 64, False, G(128, 128, 4, 3, True, tail_div=2), G(128, 128, 4, 3, True, tail_div=2)),
+        4096: (False, 128, False, G(128, 64, 8, 4, True, tail_div=4), G(128, 128, 4, 3, True, tail_div=2)),
+        16384: (False, 128, False, G(128, 64, 8, 4, True, tail_div=4), G(128, 128, 4, 3, True, tail_div=2)),
     },
     ("fp8_block", 7168, 256): {                   # DeepSeek-V3 TP8 rank, E=256, top-8
         # M = 1: both GEMMs in one launch, 3 programs per multiprocessor, gemm1's K in 4 splits (version 18)
@@ -153,8 +161,8 @@ def shipped_configs(quant: str) -> list[MoEConfig]:
     """The tuned configs of `quant`'s family that differ in what correctness can depend on (routing path,
     block_m, prequant, block_k, swap_ab and tma of each GEMM, gemm1 tiles of whole 256-column groups that
     quantize gemm2's input in their epilogue, gemm2 with several tiles per program, the Gluon kernels and
-    their persistent launch, the single-launch decode and its K splits): one representative each, for tests
-    that run them all."""
+    their persistent launch, the single-launch decode and its K splits, half-height tail tiles): one
+    representative each, for tests that run them all."""
     fam = "mxfp4" if quant == "mxfp4" else "fp8_block"
     seen: dict[tuple, MoEConfig] = {}
     for (q, _, _), table in TUNED.items():
@@ -164,7 +172,7 @@ def shipped_configs(quant: str) -> list[MoEConfig]:
             f = fused[0] if fused else 0
             key = (per_pair, block_m, prequant, g1.block_k, g2.block_k, g1.swap_ab, g2.swap_ab, g1.tma, g2.tma,
                    g1.block_n % 256 == 0, g2.n_tiles > 1, g1.ws, g2.ws, g1.persistent, g2.persistent, f > 0,
-                   g1.split_k, g2.split_k)
+                   g1.split_k, g2.split_k, g1.tail_div, g2.tail_div)
             seen.setdefault(key, MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g1, gemm2=g2, prequant=prequant,
                                            fused=f))
     return list(seen.values())

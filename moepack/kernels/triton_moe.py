@@ -186,6 +186,7 @@ def _moe_gemm(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SOFT_RNE: tl.constexpr,
     BF16_ASM: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr, FOLD: tl.constexpr, TMA: tl.constexpr,
     PDL: tl.constexpr, QOUT: tl.constexpr, ROUND: tl.constexpr, TILED: tl.constexpr = False,
+    TAIL_DIV: tl.constexpr = 1,
 ):
     """One [BM, BN] output tile of one GEMM stage for one expert block.
 
@@ -201,7 +202,10 @@ def _moe_gemm(
     and OUT_S = its per-row 128-group scales, the same bits `quantize_groups` gives for the intermediate
     stored in the activation dtype (ROUND: 1 bfloat16, 2 float16, 0 float32); needs the tile's output
     columns to be whole groups.
-    PDL: launched as a programmatic dependent of the previous kernel (pdl.py)."""
+    PDL: launched as a programmatic dependent of the previous kernel (pdl.py).
+    TAIL_DIV (sorted path, `tail_tiles`): a block whose real pairs fit in BM / d rows (an expert's last block),
+    d = 2, 4, .. <= TAIL_DIV, runs a [BM / d, BN] tile for the largest such d: the same arithmetic per row on
+    a d-th of the MMA work."""
     wait_for_previous_grid(PDL)
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BN)
@@ -228,6 +232,65 @@ def _moe_gemm(
         e = tl.load(EXPERT_IDS + pid_m)
         rows = tl.load(SORTED + pid_m * BM + tl.arange(0, BM))
         mask_m = rows < P
+    if PER_PAIR or TAIL_DIV == 1:
+        _gemm_tile(A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+                   BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, OUT_S, stride_osm, TOPK_W, e, pid_n, rows, mask_m,
+                   N, K, n_scale_blocks, alpha, limit, TOPK, FMT, STAGE, ACT_KIND, GATED, HAS_BIAS, HAS_LIMIT, CH,
+                   BM, BN, BK, SOFT_RNE, BF16_ASM, PREQ, SWAP, FOLD, TMA, QOUT, ROUND, TILED)
+    else:
+        # real pairs come first in a block: the rows past `last` are padding
+        last = tl.max(tl.where(mask_m, tl.arange(0, BM) + 1, 0), axis=0)
+        _tail_tile(A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+                   BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, OUT_S, stride_osm, TOPK_W, e, pid_n,
+                   SORTED + pid_m * BM, P, last,
+                   N, K, n_scale_blocks, alpha, limit, TOPK, FMT, STAGE, ACT_KIND, GATED, HAS_BIAS, HAS_LIMIT, CH,
+                   BM, BN, BK, SOFT_RNE, BF16_ASM, PREQ, SWAP, FOLD, TMA, QOUT, ROUND, TILED, TAIL_DIV)
+
+
+@triton.jit
+def _tail_tile(A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+               BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, OUT_S, stride_osm, TOPK_W, e, pid_n, slots, P, last,
+               N, K, n_scale_blocks, alpha, limit,
+               TOPK: tl.constexpr, FMT: tl.constexpr, STAGE: tl.constexpr, ACT_KIND: tl.constexpr,
+               GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LIMIT: tl.constexpr, CH: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SOFT_RNE: tl.constexpr,
+               BF16_ASM: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr, FOLD: tl.constexpr,
+               TMA: tl.constexpr, QOUT: tl.constexpr, ROUND: tl.constexpr, TILED: tl.constexpr, DIV: tl.constexpr):
+    """`_gemm_tile` over the block at `slots` whose real pairs are its first `last` slots, on a tile of BM / d
+    rows for the largest d <= DIV (powers of 2) with last <= BM / d."""
+    if DIV > 1:
+        # (one call per branch with constexpr arguments: Triton compiles each specialisation once)
+        if last <= BM // 2:
+            _tail_tile(A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1,
+                       stride_s2, BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, OUT_S, stride_osm, TOPK_W, e,
+                       pid_n, slots, P, last, N, K, n_scale_blocks, alpha, limit, TOPK, FMT, STAGE, ACT_KIND, GATED,
+                       HAS_BIAS, HAS_LIMIT, CH, BM // 2, BN, BK, SOFT_RNE, BF16_ASM, PREQ, SWAP, FOLD, TMA, QOUT,
+                       ROUND, TILED, DIV // 2)
+        else:   # the whole tile: DIV 1
+            _tail_tile(A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1,
+                       stride_s2, BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, OUT_S, stride_osm, TOPK_W, e,
+                       pid_n, slots, P, last, N, K, n_scale_blocks, alpha, limit, TOPK, FMT, STAGE, ACT_KIND, GATED,
+                       HAS_BIAS, HAS_LIMIT, CH, BM, BN, BK, SOFT_RNE, BF16_ASM, PREQ, SWAP, FOLD, TMA, QOUT,
+                       ROUND, TILED, 1)
+    else:
+        rows = tl.load(slots + tl.arange(0, BM))
+        _gemm_tile(A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+                   BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, OUT_S, stride_osm, TOPK_W, e, pid_n,
+                   rows, rows < P, N, K, n_scale_blocks, alpha, limit, TOPK, FMT, STAGE, ACT_KIND, GATED, HAS_BIAS,
+                   HAS_LIMIT, CH, BM, BN, BK, SOFT_RNE, BF16_ASM, PREQ, SWAP, FOLD, TMA, QOUT, ROUND, TILED)
+
+
+@triton.jit
+def _gemm_tile(A, stride_am, AS, stride_asm, W, W_DESC, stride_we, stride_wn, WS, stride_se, stride_s1, stride_s2,
+               BIAS, stride_be, SCAL, stride_ce, OUT, stride_om, OUT_S, stride_osm, TOPK_W, e, pid_n, rows, mask_m,
+               N, K, n_scale_blocks, alpha, limit,
+               TOPK: tl.constexpr, FMT: tl.constexpr, STAGE: tl.constexpr, ACT_KIND: tl.constexpr,
+               GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LIMIT: tl.constexpr, CH: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SOFT_RNE: tl.constexpr,
+               BF16_ASM: tl.constexpr, PREQ: tl.constexpr, SWAP: tl.constexpr, FOLD: tl.constexpr,
+               TMA: tl.constexpr, QOUT: tl.constexpr, ROUND: tl.constexpr, TILED: tl.constexpr):
+    """`_moe_gemm`'s work once its block is known: expert e's output tile pid_n for the BM slots rows (pair
+    ids, mask_m = real pairs): the K loop and the epilogue. Arguments as `_moe_gemm`'s."""
     e = e.to(tl.int64)
     if STAGE == 1:
         a_rows = rows // TOPK
@@ -470,9 +533,28 @@ def _launch_gemm(stage, A, W, WS, bias, scal, out, topk_w, route, P, N, K, meta,
         BM=cfg.block_m, BN=gcfg.block_n, BK=bk, GROUP_M=cfg.group_m, SOFT_RNE=_INTERPRETED,
         BF16_ASM=A.dtype == torch.bfloat16 and not _INTERPRETED, PREQ=A_scale is not None, SWAP=gcfg.swap_ab,
         FOLD=meta.small_scales and fmt == 0, TMA=desc is not None, PDL=pdl, QOUT=out_scale is not None,
-        ROUND=round_code, TILED=fp4_tiled(meta, stage, N, K),
+        ROUND=round_code, TILED=fp4_tiled(meta, stage, N, K), TAIL_DIV=tail_tiles(cfg, gcfg),
         num_warps=gcfg.num_warps, num_stages=gcfg.num_stages, launch_pdl=pdl,
     )
+
+
+def tail_tiles(cfg: configs.MoEConfig, gcfg: configs.GemmConfig) -> int:
+    """The largest d (1, 2, 4, .. <= `gcfg.tail_div`) for which `_moe_gemm` runs a block whose real pairs fit
+    in block_m / d rows (an expert's last block) as a block_m / d-row tile. Only on the sorted path and only
+    where the small tile keeps the whole tile's MMA instruction, so the bits stay the same: swap-AB tiles put
+    the tokens on wgmma's N side (any multiple of 8; Triton's dot wants >= 16 rows); plain tiles need
+    block_m / d >= 64, a warpgroup's wgmma M (below it Triton takes mma.sync: other bits, and slower on the
+    H100 for DeepSeek-V3 TP1 gemm2 at M = 4096). Programs of 4 warps stop at halves: gpt-oss gemm2's quarter
+    tile (128 x 32 of a block_m 128, 4-warp program) gave NaNs in some launches on the H100 (a race in the
+    compiled kernel, not understood; halves and 8-warp quarters gave the whole tiles' bits in every launch,
+    docs/KERNEL_NOTES.md v19)."""
+    if cfg.per_pair:
+        return 1
+    d, floor = 1, 16 if gcfg.swap_ab else 64
+    top = min(gcfg.tail_div, 2) if gcfg.num_warps <= 4 else gcfg.tail_div
+    while 2 * d <= top and cfg.block_m // (2 * d) >= floor:
+        d *= 2
+    return d
 
 
 def decode_applies(meta: MoEMeta, cfg: configs.MoEConfig) -> bool:

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import torch  # noqa: E402
 
-from moe_cases import CASES, expected64, make_case, rel_err  # noqa: E402
+from moe_cases import CASES, expected64, ids_with_counts, make_case, rel_err  # noqa: E402
 from moepack.kernels.configs import GemmConfig, MoEConfig  # noqa: E402
 from moepack.kernels.triton_moe import fused_moe  # noqa: E402
 
@@ -47,10 +47,37 @@ def main(names):
             if meta["quant"] != "mxfp4" and x_dtype == torch.float32:
                 results[key]["emulated"] = rel_err(out, expected64(x, tw, ids, local, emulate_quant=True))
     for name in names:
+        results.update(tail_tile_runs(name))
         if CASES[name][0] == "fp8_block":
             results.update(fused_quant_runs(name))
             results.update(resident_down_runs(name))
     print(json.dumps(results))
+
+
+def tail_tile_runs(name):
+    """tail_div: an expert's last block whose pairs fit in block_m / d rows runs a block_m / d tile. Swap-AB
+    tiles (8 warps) of block_m 64 with tail_div 4 (float32 and float16; experts with 12, 28, 40 and 74 pairs: tiles
+    of 16, 32, 64, and a whole block plus a 16-row tail) and plain tiles of block_m 128 (float32, where
+    only halves keep wgmma; 20, 100, 140 and 60 pairs): the layer must give the same result as whole tiles
+    (the test asks for the same bits, except for float32 MXFP4, whose float32 dot the interpreter hands to
+    numpy, which may sum a product in another order for another shape)."""
+    from moepack.kernels import triton_moe
+    out = {}
+    for x_dtype, swap, bm, counts in ((torch.float32, True, 64, [12, 28, 40, 74]),
+                                      (torch.float16, True, 64, [12, 28, 40, 74]),
+                                      (torch.float32, False, 128, [20, 100, 140, 60])):
+        E, k = CASES[name][5], CASES[name][6]
+        T = max(max(counts[:E]), -(-sum(counts[:E]) // k))
+        x, tw, _, local, stored, meta = make_case(name, seed=13, x_dtype=x_dtype, T=T)
+        ids = ids_with_counts(counts[:E], T, k)
+        cfgs = [MoEConfig(per_pair=False, block_m=bm, prequant=meta["quant"] == "fp8_block",
+                          gemm1=GemmConfig(32, 128, 8, 1, swap_ab=swap, tail_div=d),
+                          gemm2=GemmConfig(32, 128, 8, 1, swap_ab=swap, tail_div=d)) for d in (4, 1)]
+        split, whole = (triton_moe.fused_moe(x, tw, ids, stored, meta, config=c) for c in cfgs)
+        out[f"tailtiles:{name}/{str(x_dtype)[6:]}/bm{bm}{'/swap' if swap else ''}"] = {
+            "tail_div": triton_moe.tail_tiles(cfgs[0], cfgs[0].gemm1), "same_bits": bool(torch.equal(split, whole)),
+            "diff": rel_err(split, whole.double()), "plain": rel_err(split, expected64(x, tw, ids, local))}
+    return out
 
 
 def fused_quant_runs(name):

@@ -203,3 +203,18 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     if not torch.isfinite(out).all():
         return float("inf")
     return float((out - ref).norm() / ref.norm())
+
+
+
+def ids_with_counts(counts: list[int], T: int, k: int) -> torch.Tensor:
+    """[T, k] int32 routing in which expert e gets exactly counts[e] <= T pairs (sum <= T * k), each on
+    distinct tokens; unused slots -1. Filled slot by slot: expert e takes the next counts[e] (token, slot)
+    places in the order (slot 0: tokens 0..T-1, slot 1: ...). For tests of an expert's last, partly filled
+    block."""
+    assert max(counts) <= T and sum(counts) <= T * k
+    ids = torch.full((k * T,), -1, dtype=torch.int32)
+    q = 0
+    for e, c in enumerate(counts):
+        ids[q:q + c] = e
+        q += c
+    return ids.view(k, T).T.contiguous()

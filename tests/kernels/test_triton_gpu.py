@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from moe_cases import CASES, expected64, make_case, rel_err, to_device as _to
+from moe_cases import CASES, expected64, ids_with_counts, make_case, rel_err, to_device as _to
 from moepack.kernels.reference import TOLERANCE
 
 pytestmark = pytest.mark.gpu
@@ -241,6 +241,75 @@ def test_resident_down_same_bits_gpu(block_m, swap, ip):
         outs.append(triton_moe.fused_moe(*args, config=cfg))
     assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
     assert rel_err(outs[1], expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
+
+
+@cuda
+@pytest.mark.parametrize("name,block_m,g1,g2", [
+    # gpt-oss prefill tiles (block_m 128 and 64, swap-AB, 8 and 4 warps)
+    ("mxfp4_tiles_w13_only", 128, (128, 64, 8, 4, True, False), (128, 128, 4, 3, True, False)),
+    ("mxfp4_swiglu_bias", 128, (128, 64, 8, 4, True, False), (128, 128, 4, 3, True, False)),
+    ("mxfp4_swiglu_bias", 64, (128, 128, 4, 3, True, False), (128, 128, 4, 3, True, False)),
+    # FP8 with prequant: swap-AB TMA tiles; plain tiles of block_m 128 (halves only), gemm1 of 256 gated
+    # columns quantizing gemm2's input
+    ("fp8_block_silu", 64, (128, 128, 4, 3, True, True), (128, 128, 4, 3, True, True)),
+    ("fp8_block_silu", 128, (256, 128, 8, 3, False, True), (128, 128, 8, 3, False, True)),
+    ("fp8_tensor_silu", 64, (64, 128, 4, 3, True, False), (64, 128, 4, 3, True, False)),
+])
+def test_tail_tiles_same_bits_gpu(name, block_m, g1, g2):
+    """tail_div 4: an expert's last block whose pairs fit in block_m / 2 or / 4 rows runs that smaller tile;
+    experts whose last blocks take each size (and one with a whole block before its tail): same bits as
+    whole tiles, and within the format's tolerance of float64."""
+    from moepack.kernels.configs import GemmConfig, MoEConfig
+    from moepack.kernels.triton_moe import fused_moe, tail_tiles
+    E, k = CASES[name][5], CASES[name][6]
+    counts = ([12, 28, 40, 74] if block_m == 64 else [20, 60, 100, 150])[:E]
+    T = max(max(counts), -(-sum(counts) // k))
+    x, tw, _, local, stored, meta = make_case(name, seed=31, x_dtype=torch.bfloat16, T=T)
+    ids = ids_with_counts(counts, T, k)
+    args = (x.cuda(), tw.cuda(), ids.cuda(), _to(stored, "cuda"), meta)
+    outs = []
+    for d in (1, 4):
+        gc = [GemmConfig(*g[:4], swap_ab=g[4], tma=g[5], tail_div=d) for g in (g1, g2)]
+        cfg = MoEConfig(per_pair=False, block_m=block_m, gemm1=gc[0], gemm2=gc[1],
+                        prequant=meta["quant"] == "fp8_block")
+        # swap-AB: quarters in 8-warp programs, halves in 4-warp ones; plain block_m 128: halves
+        assert [tail_tiles(cfg, g) for g in gc] == [1 if d == 1 else (4 if g[4] and g[2] == 8 else 2)
+                                                    for g in (g1, g2)]
+        outs.append(fused_moe(*args, config=cfg))
+    assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
+    assert rel_err(outs[1], expected64(x, tw, ids, local)) < TOLERANCE[meta["quant"]]
+
+
+@cuda
+def test_shipped_tail_tiles_same_bits_at_gpt_oss_shape_gpu():
+    """The table's tail tiles (gpt-oss, M = 1024 .. 16384) at the real shape (E = 128, H = I = 2880, random
+    stored bytes, uniform top-4 routing): the whole tiles' bits in every one of 5 launches. A 4-warp quarter
+    tile once gave NaNs in some launches only at this scale (a race; `triton_moe.tail_tiles`)."""
+    import dataclasses
+    from moepack.formats.model import Activation
+    from moepack.kernels.configs import pick
+    from moepack.kernels.triton_moe import MoEMeta, fused_moe, tail_tiles
+    E, k, H, I = 128, 4, 2880, 2880
+    g = torch.Generator(device="cuda").manual_seed(0)
+    u8 = lambda *s, lo=0, hi=256: torch.randint(lo, hi, s, device="cuda", generator=g, dtype=torch.uint8)  # noqa: E731
+    st = {"w13_weight": u8(E, 2 * I, H // 2), "w13_weight_scale": u8(E, H // 32, 2 * I, lo=118, hi=126),
+          "w13_bias": torch.randn(E, 2 * I, device="cuda", generator=g) * 0.1,
+          "w2_weight": u8(E, H, I // 2), "w2_weight_scale": u8(E, I // 32, H, lo=118, hi=126),
+          "w2_bias": torch.randn(E, H, device="cuda", generator=g) * 0.1}
+    meta = MoEMeta("mxfp4", Activation("swiglu_oai", alpha=1.702, limit=7.0), True, E, H, I, True, True)
+    rep = dataclasses.replace
+    for M in (1024, 4096, 16384):
+        x = torch.randn(M, H, device="cuda", generator=g).to(torch.bfloat16)
+        ids = torch.rand(M, E, device="cuda", generator=g).argsort(-1)[:, :k].to(torch.int32).contiguous()
+        tw = torch.softmax(torch.randn(M, k, device="cuda", generator=g), -1)
+        cfg = pick("mxfp4", M, E, k, H, I)
+        assert tail_tiles(cfg, cfg.gemm1) > 1 and tail_tiles(cfg, cfg.gemm2) > 1
+        whole = fused_moe(x, tw, ids, st, meta, config=rep(cfg, gemm1=rep(cfg.gemm1, tail_div=1),
+                                                            gemm2=rep(cfg.gemm2, tail_div=1)))
+        assert torch.isfinite(whole).all()
+        for _ in range(5):
+            assert torch.equal(fused_moe(x, tw, ids, st, meta, config=cfg).view(torch.int16),
+                               whole.view(torch.int16)), M
 
 
 def _few_programs(monkeypatch, persistent):

@@ -40,3 +40,18 @@ def test_variant_kernels_are_bit_identical(interp_results, prefix, taken):
     for key, r in runs.items():
         assert r[taken] and r["same_bits"], (key, r)
         assert r["plain"] < PLAIN_TOL["fp8_block"], (key, r)
+
+
+def test_tail_tiles_are_bit_identical(interp_results):
+    """tail_div (an expert's last block run as a tile of block_m / 2 or / 4 rows where its pairs fit): every
+    format, swap-AB (quarters and halves) and plain tiles (halves only: a quarter of 128 rows would leave
+    wgmma); same bits as whole tiles (the GPU test checks bits for every dtype; here the float32 MXFP4 runs,
+    whose float32 dot numpy may sum in a shape-dependent order, to within 1e-6)."""
+    runs = {k: v for k, v in interp_results.items() if k.startswith("tailtiles:")}
+    assert len(runs) == 3 * len(CASES)
+    for key, r in runs.items():
+        quant = CASES[key.split(":")[1].split("/")[0]][0]
+        assert r["tail_div"] == (4 if key.endswith("/swap") else 2), (key, r)
+        loose = quant == "mxfp4" and "/float32/" in key
+        assert r["same_bits"] or (loose and r["diff"] < 1e-6), (key, r)
+        assert r["plain"] < PLAIN_TOL[quant], (key, r)

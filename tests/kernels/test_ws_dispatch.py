@@ -129,3 +129,25 @@ def test_each_mxfp4_condition_is_needed_on_hopper():
     ]
     for args in no:
         assert not triton_moe.ws_mxfp4_applies(*args), args[:4]
+
+
+@pytest.mark.parametrize("per_pair,block_m,swap,warps,tail_div,expected", [
+    (False, 128, True, 8, 4, 4),     # swap-AB: the tokens are wgmma's N side, quarters of 128 rows are fine
+    (False, 128, True, 4, 4, 2),     # 4-warp programs stop at halves (a quarter tile raced on the H100)
+    (False, 32, True, 8, 4, 2),      # no tile below 16 rows
+    (False, 16, True, 8, 4, 1),
+    (False, 128, False, 8, 4, 2),    # plain: block_m / d must stay a warpgroup's 64 wgmma rows
+    (False, 64, False, 8, 4, 1),
+    (False, 128, True, 8, 1, 1),     # not asked for
+    (True, 128, True, 8, 4, 1),      # the per-pair path has no padded blocks
+])
+def test_tail_tiles_only_where_the_small_tile_keeps_wgmma(per_pair, block_m, swap, warps, tail_div, expected):
+    g = GemmConfig(block_n=128, block_k=64, num_warps=warps, num_stages=3, swap_ab=swap, tail_div=tail_div)
+    cfg = MoEConfig(per_pair=per_pair, block_m=block_m, gemm1=g, gemm2=g)
+    assert triton_moe.tail_tiles(cfg, g) == expected
+
+
+def test_tuned_table_ships_tail_tiles_for_gpt_oss_prefill():
+    for M in (1024, 4096, 16384):
+        cfg = pick("mxfp4", M, 128, 4, 2880, 2880)
+        assert triton_moe.tail_tiles(cfg, cfg.gemm1) >= 2 and triton_moe.tail_tiles(cfg, cfg.gemm2) == 2
