@@ -483,22 +483,21 @@ def decode_sweep(cases, Ms, out_path, workers):
 
 
 def tail_variants(cfg: MoEConfig) -> dict[str, MoEConfig]:
-    """The config and its twins with `tail_div` 2 or 4 on either GEMM or both."""
+    """The config with whole tiles ("table": tail_div 1 in both GEMMs) and its twins with `tail_div` 2 or 4 on
+    either GEMM or both."""
     rep = dataclasses.replace
     one = lambda d1, d2: rep(cfg, gemm1=rep(cfg.gemm1, tail_div=d1), gemm2=rep(cfg.gemm2, tail_div=d2))  # noqa: E731
-    return {"table": cfg, "both2": one(2, 2), "both4": one(4, 4), "g1_4": one(4, 1), "g1_2": one(2, 1),
+    return {"table": one(1, 1), "both2": one(2, 2), "both4": one(4, 4), "g1_4": one(4, 1), "g1_2": one(2, 1),
             "g2_2": one(1, 2), "g2_4": one(1, 4), "g1_4_g2_2": one(4, 2)}
 
 
 def tail_ab(cases, Ms, out_path, workers, rounds=3, reps=50, repeats=8):
-    """Whole layer: the table's config against its `tail_div` twins (`tail_variants`), `rounds` rounds
+    """Whole layer: the table's config with whole tiles against its `tail_div` twins (`tail_variants`), `rounds` rounds
     alternated, each `reps` graph replays (long enough to reach the sustained clock under the power cap);
     the median per variant, and whether each twin gives the table's bits in every one of `repeats` launches."""
     from moepack.kernels.configs import pick
     cfgs = {(c, M): pick(SHAPES[c][0], M, *SHAPES[c][1:]) for c in cases for M in Ms}
-    cfgs = {key: dataclasses.replace(c, gemm1=dataclasses.replace(c.gemm1, tail_div=1),
-                                     gemm2=dataclasses.replace(c.gemm2, tail_div=1))
-            for key, c in cfgs.items() if not c.per_pair and c.block_m >= 32}
+    cfgs = {key: c for key, c in cfgs.items() if not c.per_pair and c.block_m >= 32}
     precompile([(c, M, v) for (c, M), cfg in cfgs.items() for v in tail_variants(cfg).values()], workers)
     res = {"rows": []}
     for case, M, st, meta, x, tw, ids in _each_input(cases, Ms):

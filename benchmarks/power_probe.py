@@ -22,12 +22,11 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kernels import SHAPES, gptoss_inputs, gptoss_stored, peer_layer  # noqa: E402
+from kernels import SHAPES, _stage_launcher, gptoss_inputs, gptoss_stored, peer_layer  # noqa: E402
 from peer_bench import graph_time  # noqa: E402
 
 from moepack.kernels.configs import pick  # noqa: E402
-from moepack.kernels.align import max_blocks, moe_align  # noqa: E402
-from moepack.kernels.triton_moe import _launch_gemm, fused_moe, stage1  # noqa: E402
+from moepack.kernels.triton_moe import fused_moe  # noqa: E402
 
 REASONS = {0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x20: "sw_thermal", 0x40: "hw_thermal",
            0x80: "hw_power_brake", 0x100: "display_clock"}
@@ -68,17 +67,8 @@ def launchers(M: int, L, stored, meta):
     _, E, k, H, I = SHAPES["gptoss"]
     x, tw, ids = gptoss_inputs(M, L, torch.Generator(device="cuda").manual_seed(1))
     cfg = pick("mxfp4", M, E, k, H, I)
-    fl, twf, P = ids.reshape(-1), tw.reshape(-1), M * k
-    if cfg.per_pair:
-        route = (fl, fl, fl, fl, P)
-    else:
-        s, e, nb = moe_align(ids, E, cfg.block_m)
-        route = (s, e, nb, fl, max_blocks(P, E, cfg.block_m))
-    g1 = lambda: stage1(x, x, None, stored, None, twf, route, meta, cfg, k, False)  # noqa: E731
-    inter, _ = g1()
-    y = torch.empty(P, H, dtype=x.dtype, device=x.device)
-    g2 = lambda: _launch_gemm(2, inter, stored["w2_weight"], stored["w2_weight_scale"], stored["w2_bias"],  # noqa: E731
-                              None, y, twf, route, P, H, I, meta, cfg, cfg.gemm2, k, False)
+    g1, g2, _, _ = _stage_launcher(stored, meta, x, tw, ids, (cfg.per_pair, cfg.block_m, cfg.prequant), cfg.gemm1,
+                                   cfg.gemm2)
     rd, gi, si = L.routes
     p1 = lambda: L.matmul_ogs(L.x, L.w13, L.b13, rd, gather_indx=gi, precision_config=L.pc13,  # noqa: E731
                               fused_activation=L.act)

@@ -161,7 +161,7 @@ def shipped_configs(quant: str) -> list[MoEConfig]:
     """The tuned configs of `quant`'s family that differ in what correctness can depend on (routing path,
     block_m, prequant, block_k, swap_ab and tma of each GEMM, gemm1 tiles of whole 256-column groups that
     quantize gemm2's input in their epilogue, gemm2 with several tiles per program, the Gluon kernels and
-    their persistent launch, the single-launch decode and its K splits, half-height tail tiles): one
+    their persistent launch, the single-launch decode and its K splits, tail tiles): one
     representative each, for tests that run them all."""
     fam = "mxfp4" if quant == "mxfp4" else "fp8_block"
     seen: dict[tuple, MoEConfig] = {}

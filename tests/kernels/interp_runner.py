@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import torch  # noqa: E402
 
-from moe_cases import CASES, expected64, ids_with_counts, make_case, rel_err  # noqa: E402
+from moe_cases import CASES, expected64, ids_with_counts, make_case, rel_err, tokens_for  # noqa: E402
 from moepack.kernels.configs import GemmConfig, MoEConfig  # noqa: E402
 from moepack.kernels.triton_moe import fused_moe  # noqa: E402
 
@@ -67,7 +67,7 @@ def tail_tile_runs(name):
                                       (torch.float16, True, 64, [12, 28, 40, 74]),
                                       (torch.float32, False, 128, [20, 100, 140, 60])):
         E, k = CASES[name][5], CASES[name][6]
-        T = max(max(counts[:E]), -(-sum(counts[:E]) // k))
+        T = tokens_for(counts[:E], k)
         x, tw, _, local, stored, meta = make_case(name, seed=13, x_dtype=x_dtype, T=T)
         ids = ids_with_counts(counts[:E], T, k)
         cfgs = [MoEConfig(per_pair=False, block_m=bm, prequant=meta["quant"] == "fp8_block",

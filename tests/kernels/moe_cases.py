@@ -205,6 +205,10 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
+def tokens_for(counts: list[int], k: int) -> int:
+    """The fewest tokens over which `ids_with_counts` can route `counts` pairs with k slots each."""
+    return max(max(counts), -(-sum(counts) // k))
+
 
 def ids_with_counts(counts: list[int], T: int, k: int) -> torch.Tensor:
     """[T, k] int32 routing in which expert e gets exactly counts[e] <= T pairs (sum <= T * k), each on

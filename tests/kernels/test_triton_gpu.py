@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from moe_cases import CASES, expected64, ids_with_counts, make_case, rel_err, to_device as _to
+from moe_cases import CASES, expected64, ids_with_counts, make_case, rel_err, to_device as _to, tokens_for
 from moepack.kernels.reference import TOLERANCE
 
 pytestmark = pytest.mark.gpu
@@ -263,7 +263,7 @@ def test_tail_tiles_same_bits_gpu(name, block_m, g1, g2):
     from moepack.kernels.triton_moe import fused_moe, tail_tiles
     E, k = CASES[name][5], CASES[name][6]
     counts = ([12, 28, 40, 74] if block_m == 64 else [20, 60, 100, 150])[:E]
-    T = max(max(counts), -(-sum(counts) // k))
+    T = tokens_for(counts, k)
     x, tw, _, local, stored, meta = make_case(name, seed=31, x_dtype=torch.bfloat16, T=T)
     ids = ids_with_counts(counts, T, k)
     args = (x.cuda(), tw.cuda(), ids.cuda(), _to(stored, "cuda"), meta)
